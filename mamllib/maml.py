@@ -1,0 +1,220 @@
+"""MAML's math: the inner loop, the meta-objective and the meta-gradient.
+
+Two ways to compute the same meta-objective over a meta-batch:
+
+* :func:`meta_loss_loop` -- a readable per-task Python loop using
+  ``torch.autograd.grad``. Second order keeps the inner gradient's graph
+  (``create_graph=True``) so the outer gradient flows through it; first order does not.
+* :func:`meta_loss_vmap` -- the fast path: one task written with ``torch.func.grad``
+  and batched over the meta-batch with ``torch.func.vmap``.
+
+Tests hold the fast path to the loop and both to finite differences
+(``tests/test_maml.py``). Only torch is imported here: no files, presets or printing.
+
+Introduced in notebook 04 (the meta-gradient); the loop is written out there first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+from mamllib.models import Params, forward
+from mamllib.tasks import TaskBatch
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, the sinusoid loss (paper §5.1)."""
+    return ((prediction - target) ** 2).mean()
+
+
+def task_loss(
+    model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+) -> torch.Tensor:
+    """Loss of ``params`` on one set of points ``(x, y)``."""
+    return loss_fn(forward(model, params, x), y)
+
+
+# --------------------------------------------------------------------------------------
+# The readable path: one task at a time, torch.autograd
+# --------------------------------------------------------------------------------------
+
+
+def inner_update(
+    model: nn.Module,
+    params: Params,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
+    loss_fn: LossFn,
+    inner_lr: float,
+    first_order: bool = False,
+) -> Params:
+    """One SGD step on the support set: theta' = theta - alpha grad L(theta) (eq. 1).
+
+    ``create_graph=not first_order``: second-order MAML keeps the graph of the inner
+    gradient so the meta-gradient can differentiate through it (this is where the
+    Hessian term comes from); first order treats the inner gradient as a constant.
+    """
+    loss = task_loss(model, params, x_support, y_support, loss_fn)
+    grads = torch.autograd.grad(
+        loss, tuple(params.values()), create_graph=not first_order, allow_unused=True
+    )
+    return {
+        name: p if g is None else p - inner_lr * g
+        for (name, p), g in zip(params.items(), grads)
+    }
+
+
+def adapt(
+    model: nn.Module,
+    params: Params,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
+    loss_fn: LossFn,
+    inner_lr: float,
+    n_inner_steps: int,
+    first_order: bool = False,
+) -> Params:
+    """``n_inner_steps`` of SGD with step size ``inner_lr``; returns ``adapted_params``.
+
+    The input ``params`` must require grad (the inner gradient is taken w.r.t. them).
+    """
+    adapted_params = params
+    for _ in range(n_inner_steps):
+        adapted_params = inner_update(
+            model, adapted_params, x_support, y_support, loss_fn, inner_lr, first_order
+        )
+    return adapted_params
+
+
+def meta_loss_loop(
+    model: nn.Module,
+    params: Params,
+    tasks: TaskBatch,
+    loss_fn: LossFn,
+    inner_lr: float,
+    n_inner_steps: int,
+    first_order: bool = False,
+) -> torch.Tensor:
+    """Mean query loss after adaptation over a meta-batch, one task at a time.
+
+    Returns a scalar whose gradient w.r.t. ``params`` is the MAML meta-gradient
+    (Algorithm 1, line 10, before the ``outer_lr`` step).
+    """
+    losses = []
+    for i in range(len(tasks)):
+        adapted_params = adapt(
+            model, params, tasks.x_support[i], tasks.y_support[i], loss_fn,
+            inner_lr, n_inner_steps, first_order,
+        )
+        losses.append(task_loss(model, adapted_params, tasks.x_query[i],
+                                tasks.y_query[i], loss_fn))
+    return torch.stack(losses).mean()
+
+
+# --------------------------------------------------------------------------------------
+# The fast path: torch.func.grad for one task, vmap over the meta-batch
+# --------------------------------------------------------------------------------------
+
+
+def adapt_functional(
+    model: nn.Module,
+    params: Params,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
+    loss_fn: LossFn,
+    inner_lr: float,
+    n_inner_steps: int,
+    first_order: bool = False,
+) -> Params:
+    """:func:`adapt` written with ``torch.func.grad``, so that it can run under vmap.
+
+    ``torch.func.grad`` always returns a differentiable gradient; first order detaches
+    it, which drops the second-derivative term exactly as ``create_graph=False`` does.
+    """
+    support_grad = grad(lambda p: task_loss(model, p, x_support, y_support, loss_fn))
+    adapted_params = params
+    for _ in range(n_inner_steps):
+        grads = support_grad(adapted_params)
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        adapted_params = {k: p - inner_lr * grads[k] for k, p in adapted_params.items()}
+    return adapted_params
+
+
+def query_loss_after_adaptation(
+    model: nn.Module,
+    params: Params,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
+    x_query: torch.Tensor,
+    y_query: torch.Tensor,
+    loss_fn: LossFn,
+    inner_lr: float,
+    n_inner_steps: int,
+    first_order: bool = False,
+) -> torch.Tensor:
+    """One task's meta-objective term: L(theta'_i) on the query set D'_i."""
+    adapted_params = adapt_functional(
+        model, params, x_support, y_support, loss_fn, inner_lr, n_inner_steps, first_order
+    )
+    return task_loss(model, adapted_params, x_query, y_query, loss_fn)
+
+
+def meta_loss_vmap(
+    model: nn.Module,
+    params: Params,
+    tasks: TaskBatch,
+    loss_fn: LossFn,
+    inner_lr: float,
+    n_inner_steps: int,
+    first_order: bool = False,
+) -> torch.Tensor:
+    """:func:`meta_loss_loop` with the tasks batched by ``torch.func.vmap``.
+
+    ``params`` is shared by every task (``in_dims=None``); the four data tensors carry
+    the task axis (``in_dims=0``). The result is differentiable w.r.t. ``params`` by
+    ordinary autograd.
+    """
+
+    def one_task(xs, ys, xq, yq):
+        return query_loss_after_adaptation(
+            model, params, xs, ys, xq, yq, loss_fn, inner_lr, n_inner_steps, first_order
+        )
+
+    losses = vmap(one_task)(tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query)
+    return losses.mean()
+
+
+META_LOSSES = {"loop": meta_loss_loop, "vmap": meta_loss_vmap}
+
+
+def meta_gradient(
+    model: nn.Module,
+    params: Params,
+    tasks: TaskBatch,
+    loss_fn: LossFn,
+    inner_lr: float,
+    n_inner_steps: int,
+    first_order: bool = False,
+    path: str = "vmap",
+) -> tuple[torch.Tensor, Params]:
+    """The meta-loss and its gradient w.r.t. ``params`` (a dict like ``params``).
+
+    Args:
+        path: ``"vmap"`` (fast) or ``"loop"`` (readable); tests prove they agree.
+    """
+    if path not in META_LOSSES:
+        raise ValueError(f"path must be one of {sorted(META_LOSSES)}, got {path!r}")
+    loss = META_LOSSES[path](model, params, tasks, loss_fn, inner_lr, n_inner_steps,
+                             first_order)
+    grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
+    return loss.detach(), {
+        k: torch.zeros_like(p) if g is None else g
+        for (k, p), g in zip(params.items(), grads)
+    }

@@ -1,0 +1,151 @@
+"""Run folders, atomic writes and the artifacts manifest.
+
+Runs live under ``results/<notebook>/<preset>/seed-<n>/`` resolved from the repository
+root (jupyter-book, nbval and papermill each start in a different working directory),
+or under ``$MAMLLIB_RESULTS`` if set. Every file is written atomically: to a temporary
+name in the same folder, then ``os.replace``, so an interrupted run never leaves a
+half-written result or checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def repo_root() -> Path:
+    """The repository root: ``$MAMLLIB_ROOT``, else the folder holding mamllib's
+    ``pyproject.toml`` (an editable install), else the nearest parent of the working
+    directory with a ``_toc.yml``, else the working directory."""
+    if os.environ.get("MAMLLIB_ROOT"):
+        return Path(os.environ["MAMLLIB_ROOT"]).resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists() and (here / "mamllib").is_dir():
+        return here
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "_toc.yml").exists():
+            return folder
+    return cwd
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON; returns the path."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    return Path(path)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def save_torch(path: Path, obj: Any) -> Path:
+    """Atomically ``torch.save`` ``obj`` to ``path``."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+class RunFolder:
+    """``results/<notebook>/<preset>/seed-<n>/`` with config, metrics, history, figures."""
+
+    def __init__(self, notebook: str, preset: str, seed: int, root: Path | None = None):
+        base = Path(os.environ["MAMLLIB_RESULTS"]) if os.environ.get("MAMLLIB_RESULTS") \
+            else (root or repo_root()) / "results"
+        self.path = base / notebook / preset / f"seed-{seed}"
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "figures").mkdir(exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        """Path of ``name`` inside the run folder."""
+        return self.path / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Atomically write ``name`` (e.g. ``config.json``, ``metrics.json``)."""
+        return write_json(self.path / name, obj)
+
+    def checkpoint(self, name: str) -> Path:
+        """Where the checkpoint of the model called ``name`` lives."""
+        return self.path / f"checkpoint-{name}.pt"
+
+    def save_figure(self, fig, name: str) -> Path:
+        """Save a matplotlib figure as ``figures/<name>.png`` (atomically)."""
+        import io
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+        path = self.path / "figures" / f"{name}.png"
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_commit(root: Path | None = None) -> str:
+    """The current commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
+    root = root or repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_description(device: str = "cpu") -> str:
+    """A human description of the device a run used."""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+           f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def write_manifest(folder: Path, **facts: Any) -> Path:
+    """Write ``manifest.json`` in ``folder``: ``facts`` plus the sha256 of every file."""
+    folder = Path(folder)
+    files = {
+        str(p.relative_to(folder)): sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+    return write_json(folder / "manifest.json", {**facts, "files": files})
