@@ -164,3 +164,32 @@ def make_config(experiment: str, preset: str, **overrides: Any) -> dict[str, Any
         config[key] = value
     validate(config)
     return config
+
+
+def summary(config: Mapping[str, Any]) -> str:
+    """A one-line description of a config, for the top of a notebook's output."""
+    keys = ("preset", "seed", "k_shot", "inner_lr", "n_inner_steps", "meta_batch_size",
+            "outer_lr", "n_iterations", "first_order", "device")
+    return " | ".join(f"{k}={config[k]}" for k in keys if k in config)
+
+
+def simple_config(preset: str, values: Mapping[str, Mapping[str, Any]],
+                  **fixed: Any) -> dict[str, Any]:
+    """A config for a teaching notebook whose few settings depend on the preset.
+
+    ``values`` maps each setting to ``{"ci": ..., "book": ..., "paper": ...}``;
+    ``fixed`` settings (seed, learning rates...) are the same at every preset. The result
+    is validated like any other config.
+
+    Example: ``simple_config(preset, {"n_steps": {"ci": 50, "book": 500, "paper": 500}},
+    seed=0)``.
+    """
+    preset = resolve_preset(preset)
+    config = {"preset": preset, **fixed}
+    for key, by_preset in values.items():
+        missing = set(PRESET_NAMES) - set(by_preset)
+        if missing:
+            raise ValueError(f"{key!r} has no value for preset(s) {sorted(missing)}")
+        config[key] = by_preset[preset]
+    validate(config)
+    return config

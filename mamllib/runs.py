@@ -149,3 +149,15 @@ def write_manifest(folder: Path, **facts: Any) -> Path:
         if p.is_file() and p.name != "manifest.json"
     }
     return write_json(folder / "manifest.json", {**facts, "files": files})
+
+
+def start_run(notebook: str, config: dict[str, Any]) -> RunFolder:
+    """Open the run folder for ``notebook`` at the config's preset and seed.
+
+    Seeds torch's global generator from ``config["seed"]`` (for anything that does not
+    take an explicit generator) and writes ``config.json`` there.
+    """
+    torch.manual_seed(config.get("seed", 0))
+    run = RunFolder(notebook, config["preset"], config.get("seed", 0))
+    run.write_json("config.json", config)
+    return run
