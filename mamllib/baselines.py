@@ -26,7 +26,7 @@ def pretrain_objective(model: nn.Module, loss_fn: LossFn):
     """Multi-task regression: the loss of ``params`` on every point of every task.
 
     No adaptation: the network is asked to fit all tasks at once, so for sinusoids it
-    learns roughly their average, which is close to zero (notebook 03 shows why).
+    learns their average, E[y|x] = -(2 E[A] / pi) cos x, a small cosine (notebook 03).
     """
 
     def objective(params: Params, tasks: TaskBatch) -> torch.Tensor:
@@ -38,7 +38,7 @@ def pretrain_objective(model: nn.Module, loss_fn: LossFn):
 
 
 def oracle_inputs(x: torch.Tensor, tasks: TaskBatch) -> torch.Tensor:
-    """Append each task's amplitude and phase to its inputs: ``[n, m, 1] -> [n, m, 3]``."""
+    """Add task amplitude and phase to its inputs (``[n, m, 1] -> [n, m, 3]``)."""
     task_info = torch.stack([tasks.amplitude, tasks.phase], dim=-1)  # [n, 2]
     return torch.cat([x, task_info[:, None, :].expand(-1, x.shape[1], -1)], dim=-1)
 
@@ -54,8 +54,9 @@ def oracle_objective(model: nn.Module, loss_fn: LossFn):
     return objective
 
 
-def oracle_losses(model: nn.Module, params: Params, tasks: TaskBatch,
-                  loss_fn: LossFn) -> torch.Tensor:
+def oracle_losses(
+    model: nn.Module, params: Params, tasks: TaskBatch, loss_fn: LossFn
+) -> torch.Tensor:
     """Per-task query loss of the oracle (it needs no adaptation): ``[n_tasks]``."""
     with torch.no_grad():
         prediction = forward(model, params, oracle_inputs(tasks.x_query, tasks))

@@ -24,13 +24,25 @@ import time
 from pathlib import Path
 
 from mamllib.presets import PRESET_NAMES, PRESETS
-from mamllib.runs import RunFolder, device_description, git_commit, read_json, \
-    repo_root, write_manifest
+from mamllib.runs import (
+    RunFolder,
+    device_description,
+    git_commit,
+    read_json,
+    repo_root,
+    write_manifest,
+)
 
 # What an artifact keeps from a run folder: small, human-readable, enough to rebuild the
 # book's tables and figures (never checkpoints with optimizer state).
-ARTIFACT_PATTERNS = ("config.json", "metrics.json", "history.json", "reproduction.json",
-                     "params-*.pt", "figures/*.png")
+ARTIFACT_PATTERNS = (
+    "config.json",
+    "metrics.json",
+    "history.json",
+    "reproduction.json",
+    "params-*.pt",
+    "figures/*.png",
+)
 
 
 def _literal(text: str):
@@ -40,25 +52,31 @@ def _literal(text: str):
         return text
 
 
-def run_notebook(notebook: Path, preset: str, seed: int, parameters: dict,
-                 kernel: str | None = None) -> tuple[RunFolder, float]:
-    """Execute ``notebook`` with papermill into its run folder; returns (run, seconds)."""
+def run_notebook(
+    notebook: Path, preset: str, seed: int, parameters: dict, kernel: str | None = None
+) -> tuple[RunFolder, float]:
+    """Execute ``notebook`` with papermill into its run folder: (run, seconds)."""
     import papermill
 
     notebook = Path(notebook)
     if not notebook.exists():
         raise FileNotFoundError(f"no notebook at {notebook}")
     if preset not in PRESET_NAMES:
-        raise ValueError(f"--preset {preset!r} is not a preset; choose one of "
-                         f"{', '.join(PRESET_NAMES)}")
+        raise ValueError(
+            f"--preset {preset!r} is not a preset; choose one of "
+            f"{', '.join(PRESET_NAMES)}"
+        )
     run = RunFolder(notebook.stem, preset, seed)
     # The preset given here must win: the environment variable would override it.
     os.environ.pop("MAMLLIB_PRESET", None)
     start = time.perf_counter()
     papermill.execute_notebook(
-        str(notebook), str(run.file("executed.ipynb")),
+        str(notebook),
+        str(run.file("executed.ipynb")),
         parameters={"preset": preset, "seed": seed, **parameters},
-        cwd=str(notebook.parent.resolve()), kernel_name=kernel, progress_bar=False,
+        cwd=str(notebook.parent.resolve()),
+        kernel_name=kernel,
+        progress_bar=False,
         log_output=True,
     )
     return run, time.perf_counter() - start
@@ -78,31 +96,52 @@ def make_artifact(run: RunFolder, name: str, command: str, wall_time_s: float) -
             copied.append(dst)
     if not copied:
         raise FileNotFoundError(f"{run.path} holds none of {ARTIFACT_PATTERNS}")
-    config = read_json(run.file("config.json")) if run.file("config.json").exists() else {}
-    metrics = read_json(run.file("metrics.json")) if run.file("metrics.json").exists() \
-        else {}
-    write_manifest(target, command=command, commit=git_commit(),
-                   device=device_description(config.get("device", "cpu")),
-                   notebook_wall_time_s=round(wall_time_s, 1),
-                   training_wall_time_s=metrics.get("training_wall_time_s"),
-                   created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                   run_folder=str(run.path.relative_to(repo_root()))
-                   if run.path.is_relative_to(repo_root()) else str(run.path))
+    config = (
+        read_json(run.file("config.json")) if run.file("config.json").exists() else {}
+    )
+    metrics = (
+        read_json(run.file("metrics.json")) if run.file("metrics.json").exists() else {}
+    )
+    write_manifest(
+        target,
+        command=command,
+        commit=git_commit(),
+        device=device_description(config.get("device", "cpu")),
+        notebook_wall_time_s=round(wall_time_s, 1),
+        training_wall_time_s=metrics.get("training_wall_time_s"),
+        created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        run_folder=str(run.path.relative_to(repo_root()))
+        if run.path.is_relative_to(repo_root())
+        else str(run.path),
+    )
     return target
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mamllib.cli", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mamllib.cli",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute a notebook headlessly with papermill")
     run_p.add_argument("notebook", type=Path)
     run_p.add_argument("--preset", default="book", choices=PRESET_NAMES)
     run_p.add_argument("--seed", type=int, default=0)
-    run_p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                       metavar=("NAME", "VALUE"), help="extra notebook parameter")
-    run_p.add_argument("--artifact", metavar="NAME",
-                       help="then copy the run's small files to artifacts/NAME")
+    run_p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="extra notebook parameter",
+    )
+    run_p.add_argument(
+        "--artifact",
+        metavar="NAME",
+        help="then copy the run's small files to artifacts/NAME",
+    )
     run_p.add_argument("--kernel", default=None, help="Jupyter kernel name")
     pre_p = sub.add_parser("presets", help="print an experiment's presets")
     pre_p.add_argument("experiment", choices=sorted(PRESETS))
@@ -114,13 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     parameters = {name: _literal(value) for name, value in args.parameter}
-    run, seconds = run_notebook(args.notebook, args.preset, args.seed, parameters,
-                                args.kernel)
-    print(f"executed {args.notebook} at preset {args.preset} in {seconds:.0f} s -> "
-          f"{run.path}")
+    run, seconds = run_notebook(
+        args.notebook, args.preset, args.seed, parameters, args.kernel
+    )
+    print(
+        f"executed {args.notebook} at preset {args.preset} in {seconds:.0f} s -> "
+        f"{run.path}"
+    )
     if args.artifact:
         command = "python -m mamllib.cli " + " ".join(
-            sys.argv[1:] if argv is None else argv)
+            sys.argv[1:] if argv is None else argv
+        )
         target = make_artifact(run, args.artifact, command, seconds)
         print(f"artifact written to {target}")
     return 0

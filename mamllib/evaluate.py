@@ -64,8 +64,9 @@ def adaptation_curve(
             losses.append(task_loss(model, adapted_params, xq, yq, loss_fn))
         return torch.stack(losses)
 
-    return vmap(one_task)(tasks.x_support, tasks.y_support, tasks.x_query,
-                          tasks.y_query).detach()
+    return vmap(one_task)(
+        tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query
+    ).detach()
 
 
 def mean_ci(values: torch.Tensor) -> dict[str, float]:
@@ -78,8 +79,12 @@ def mean_ci(values: torch.Tensor) -> dict[str, float]:
     if n < 2:
         raise ValueError(f"need at least 2 values for a confidence interval, got {n}")
     std = values.std(unbiased=True).item()
-    return {"mean": values.mean().item(), "std": std, "ci95": 1.96 * std / math.sqrt(n),
-            "n": n}
+    return {
+        "mean": values.mean().item(),
+        "std": std,
+        "ci95": 1.96 * std / math.sqrt(n),
+        "n": n,
+    }
 
 
 def summarize_curve(curve: torch.Tensor) -> list[dict[str, float]]:

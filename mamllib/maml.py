@@ -109,11 +109,20 @@ def meta_loss_loop(
     losses = []
     for i in range(len(tasks)):
         adapted_params = adapt(
-            model, params, tasks.x_support[i], tasks.y_support[i], loss_fn,
-            inner_lr, n_inner_steps, first_order,
+            model,
+            params,
+            tasks.x_support[i],
+            tasks.y_support[i],
+            loss_fn,
+            inner_lr,
+            n_inner_steps,
+            first_order,
         )
-        losses.append(task_loss(model, adapted_params, tasks.x_query[i],
-                                tasks.y_query[i], loss_fn))
+        losses.append(
+            task_loss(
+                model, adapted_params, tasks.x_query[i], tasks.y_query[i], loss_fn
+            )
+        )
     return torch.stack(losses).mean()
 
 
@@ -161,7 +170,14 @@ def query_loss_after_adaptation(
 ) -> torch.Tensor:
     """One task's meta-objective term: L(theta'_i) on the query set D'_i."""
     adapted_params = adapt_functional(
-        model, params, x_support, y_support, loss_fn, inner_lr, n_inner_steps, first_order
+        model,
+        params,
+        x_support,
+        y_support,
+        loss_fn,
+        inner_lr,
+        n_inner_steps,
+        first_order,
     )
     return task_loss(model, adapted_params, x_query, y_query, loss_fn)
 
@@ -187,7 +203,9 @@ def meta_loss_vmap(
             model, params, xs, ys, xq, yq, loss_fn, inner_lr, n_inner_steps, first_order
         )
 
-    losses = vmap(one_task)(tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query)
+    losses = vmap(one_task)(
+        tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query
+    )
     return losses.mean()
 
 
@@ -211,8 +229,9 @@ def meta_gradient(
     """
     if path not in META_LOSSES:
         raise ValueError(f"path must be one of {sorted(META_LOSSES)}, got {path!r}")
-    loss = META_LOSSES[path](model, params, tasks, loss_fn, inner_lr, n_inner_steps,
-                             first_order)
+    loss = META_LOSSES[path](
+        model, params, tasks, loss_fn, inner_lr, n_inner_steps, first_order
+    )
     grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
     return loss.detach(), {
         k: torch.zeros_like(p) if g is None else g

@@ -25,7 +25,9 @@ class MLP(nn.Module):
     def __init__(self, sizes: tuple[int, ...] = (1, 40, 40, 1)):
         super().__init__()
         if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
-            raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
+            raise ValueError(
+                f"sizes must list at least two positive widths, got {sizes}"
+            )
         self.sizes = tuple(int(s) for s in sizes)
         # Built on the meta device: the module holds structure only, never numbers.
         layers: list[nn.Module] = []
@@ -67,7 +69,9 @@ def init_params(
             fan_in = p.shape[1] if p.dim() > 1 else p.shape[0]
             bound = 1.0 / math.sqrt(fan_in)
             # Kaiming-uniform with a = sqrt(5), PyTorch's nn.Linear default.
-            value = (torch.rand(p.shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+            value = (
+                torch.rand(p.shape, generator=generator, dtype=dtype) * 2 - 1
+            ) * bound
         params[name] = value.to(device).requires_grad_(True)
     return params
 
@@ -79,7 +83,9 @@ def forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
 
 def detach_params(params: Params, requires_grad: bool = True) -> Params:
     """A copy of ``params`` cut from any graph (leaves again if ``requires_grad``)."""
-    return {k: v.detach().clone().requires_grad_(requires_grad) for k, v in params.items()}
+    return {
+        k: v.detach().clone().requires_grad_(requires_grad) for k, v in params.items()
+    }
 
 
 def count_params(params: Params) -> int:

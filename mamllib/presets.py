@@ -48,12 +48,25 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "sinusoid": {
         "paper": _SINUSOID_PAPER,
         # A few minutes on a laptop CPU for the whole chapter.
-        "book": {**_SINUSOID_PAPER, "n_iterations": 15_000, "pretrain_iterations": 15_000,
-                 "oracle_iterations": 15_000, "checkpoint_every": 5_000},
+        "book": {
+            **_SINUSOID_PAPER,
+            "n_iterations": 15_000,
+            "pretrain_iterations": 15_000,
+            "oracle_iterations": 15_000,
+            "checkpoint_every": 5_000,
+        },
         # Seconds on one core: enough to show MAML learning, not to match the paper.
-        "ci": {**_SINUSOID_PAPER, "n_iterations": 1_500, "pretrain_iterations": 1_500,
-               "oracle_iterations": 1_500, "n_eval_tasks": 100, "n_val_tasks": 50,
-               "n_eval_query": 50, "checkpoint_every": 500, "log_every": 50},
+        "ci": {
+            **_SINUSOID_PAPER,
+            "n_iterations": 1_500,
+            "pretrain_iterations": 1_500,
+            "oracle_iterations": 1_500,
+            "n_eval_tasks": 100,
+            "n_val_tasks": 50,
+            "n_eval_query": 50,
+            "checkpoint_every": 500,
+            "log_every": 50,
+        },
     },
 }
 
@@ -62,9 +75,12 @@ def resolve_preset(value: str) -> str:
     """The preset to use: ``MAMLLIB_PRESET`` if set, else ``value``; validated."""
     name = os.environ.get(ENV_VAR) or value
     if name not in PRESET_NAMES:
-        source = f"environment variable {ENV_VAR}" if os.environ.get(ENV_VAR) else "preset"
+        source = (
+            f"environment variable {ENV_VAR}" if os.environ.get(ENV_VAR) else "preset"
+        )
         raise ValueError(
-            f"{source}={name!r} is not a preset; choose one of {', '.join(PRESET_NAMES)}"
+            f"{source}={name!r} is not a preset; "
+            f"choose one of {', '.join(PRESET_NAMES)}"
         )
     return name
 
@@ -78,8 +94,12 @@ def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
 
 def _positive_float() -> tuple[Callable[[Any], bool], str]:
     def ok(v):
-        return (isinstance(v, (int, float)) and not isinstance(v, bool)
-                and math.isfinite(v) and v > 0)
+        return (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v > 0
+        )
 
     return ok, "a finite number > 0"
 
@@ -115,25 +135,34 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "path": (lambda v: v in ("loop", "vmap"), "'loop' or 'vmap'"),
     "device": (_cuda_ok, "'cpu', or 'cuda' when a CUDA GPU is available"),
     "hidden_sizes": (
-        lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-        and all(isinstance(h, int) and h >= 1 for h in v),
+        lambda v: (
+            isinstance(v, (list, tuple))
+            and len(v) > 0
+            and all(isinstance(h, int) and h >= 1 for h in v)
+        ),
         "a non-empty list of integers >= 1",
     ),
     "eval_k_shots": (
-        lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-        and all(isinstance(k, int) and k >= 1 for k in v),
+        lambda v: (
+            isinstance(v, (list, tuple))
+            and len(v) > 0
+            and all(isinstance(k, int) and k >= 1 for k in v)
+        ),
         "a non-empty list of integers >= 1",
     ),
     "finetune_lrs": (
-        lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-        and all(_positive_float()[0](x) for x in v),
+        lambda v: (
+            isinstance(v, (list, tuple))
+            and len(v) > 0
+            and all(_positive_float()[0](x) for x in v)
+        ),
         "a non-empty list of numbers > 0",
     ),
 }
 
 
 def validate(config: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the parameter, value and allowed range if any is bad."""
+    """Raise ``ValueError`` naming each bad parameter, its value and allowed range."""
     problems = []
     for key, value in config.items():
         if key in RULES:
@@ -145,22 +174,25 @@ def validate(config: Mapping[str, Any]) -> None:
 
 
 def make_config(experiment: str, preset: str, **overrides: Any) -> dict[str, Any]:
-    """The validated config for ``experiment`` at ``preset``, with ``overrides`` applied.
+    """The validated config for ``experiment`` at ``preset``, with ``overrides``.
 
     Overrides whose value is ``None`` are ignored, so a notebook can pass every
     parameter and leave the unset ones to the preset. Unknown keys are refused.
     """
     if experiment not in PRESETS:
-        raise ValueError(f"experiment={experiment!r} is unknown; choose one of "
-                         f"{sorted(PRESETS)}")
+        raise ValueError(
+            f"experiment={experiment!r} is unknown; choose one of {sorted(PRESETS)}"
+        )
     preset = resolve_preset(preset)
     config = {"experiment": experiment, "preset": preset, **PRESETS[experiment][preset]}
     for key, value in overrides.items():
         if value is None:
             continue
         if key not in config:
-            raise ValueError(f"{key!r} is not a parameter of the {experiment} experiment; "
-                             f"known: {', '.join(sorted(config))}")
+            raise ValueError(
+                f"{key!r} is not a parameter of the {experiment} experiment; "
+                f"known: {', '.join(sorted(config))}"
+            )
         config[key] = value
     validate(config)
     return config
@@ -168,18 +200,31 @@ def make_config(experiment: str, preset: str, **overrides: Any) -> dict[str, Any
 
 def summary(config: Mapping[str, Any]) -> str:
     """A one-line description of a config, for the top of a notebook's output."""
-    keys = ("preset", "seed", "k_shot", "inner_lr", "n_inner_steps", "meta_batch_size",
-            "outer_lr", "n_iterations", "first_order", "device")
-    return " | ".join(f"{k}={config[k]}" for k in keys if k in config)
+    main = (
+        "preset",
+        "seed",
+        "k_shot",
+        "inner_lr",
+        "n_inner_steps",
+        "meta_batch_size",
+        "outer_lr",
+        "n_iterations",
+        "first_order",
+        "device",
+    )
+    if config.get("experiment") is None:  # a teaching notebook's few settings: all
+        main = tuple(k for k in config if not isinstance(config[k], (list, dict)))
+    return " | ".join(f"{k}={config[k]}" for k in main if k in config)
 
 
-def simple_config(preset: str, values: Mapping[str, Mapping[str, Any]],
-                  **fixed: Any) -> dict[str, Any]:
+def simple_config(
+    preset: str, values: Mapping[str, Mapping[str, Any]], **fixed: Any
+) -> dict[str, Any]:
     """A config for a teaching notebook whose few settings depend on the preset.
 
     ``values`` maps each setting to ``{"ci": ..., "book": ..., "paper": ...}``;
-    ``fixed`` settings (seed, learning rates...) are the same at every preset. The result
-    is validated like any other config.
+    ``fixed`` settings (seed, learning rates...) are the same at every preset. The
+    result is validated like any other config.
 
     Example: ``simple_config(preset, {"n_steps": {"ci": 50, "book": 500, "paper": 500}},
     seed=0)``.

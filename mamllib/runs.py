@@ -55,7 +55,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON; returns the path."""
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(
+        Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+    )
     return Path(path)
 
 
@@ -75,11 +77,14 @@ def save_torch(path: Path, obj: Any) -> Path:
 
 
 class RunFolder:
-    """``results/<notebook>/<preset>/seed-<n>/`` with config, metrics, history, figures."""
+    """``results/<notebook>/<preset>/seed-<n>/``: config, metrics, history, figures."""
 
     def __init__(self, notebook: str, preset: str, seed: int, root: Path | None = None):
-        base = Path(os.environ["MAMLLIB_RESULTS"]) if os.environ.get("MAMLLIB_RESULTS") \
+        base = (
+            Path(os.environ["MAMLLIB_RESULTS"])
+            if os.environ.get("MAMLLIB_RESULTS")
             else (root or repo_root()) / "results"
+        )
         self.path = base / notebook / preset / f"seed-{seed}"
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "figures").mkdir(exist_ok=True)
@@ -123,10 +128,19 @@ def git_commit(root: Path | None = None) -> str:
     """The current commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
     root = root or repo_root()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -136,12 +150,14 @@ def device_description(device: str = "cpu") -> str:
     """A human description of the device a run used."""
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-           f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (
+        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 def write_manifest(folder: Path, **facts: Any) -> Path:
-    """Write ``manifest.json`` in ``folder``: ``facts`` plus the sha256 of every file."""
+    """Write ``folder/manifest.json``: ``facts`` plus the sha256 of every file."""
     folder = Path(folder)
     files = {
         str(p.relative_to(folder)): sha256(p)

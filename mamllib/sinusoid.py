@@ -1,4 +1,4 @@
-"""The sinusoid experiment (paper §5.1): MAML, pretrained and oracle, trained and scored.
+"""The sinusoid experiment (paper §5.1): MAML, pretrained and oracle, trained, scored.
 
 Glue on the top floor: turns a config (``presets.make_config("sinusoid", ...)``) into
 trained parameters with checkpoints in a run folder, and scores every method on the
@@ -11,10 +11,18 @@ from typing import Any
 
 import torch
 
-from mamllib.baselines import oracle_losses, oracle_objective, pretrain_objective, \
-    tune_finetune_lr
-from mamllib.evaluate import VAL_SEED, adaptation_curve, evaluation_tasks, \
-    summarize_curve
+from mamllib.baselines import (
+    oracle_losses,
+    oracle_objective,
+    pretrain_objective,
+    tune_finetune_lr,
+)
+from mamllib.evaluate import (
+    VAL_SEED,
+    adaptation_curve,
+    evaluation_tasks,
+    summarize_curve,
+)
 from mamllib.maml import mse_loss
 from mamllib.models import MLP, Params, init_params
 from mamllib.runs import RunFolder
@@ -23,20 +31,39 @@ from mamllib.train import FitResult, fit, meta_objective
 
 # Settings that do not change what training computes: a checkpoint stays valid if only
 # these differ (so a partial run can be continued to more iterations, or re-evaluated).
-_NOT_TRAINING = {"preset", "n_iterations", "pretrain_iterations", "oracle_iterations",
-                 "checkpoint_every", "finetune_lrs", "n_val_tasks", "eval_k_shots",
-                 "n_eval_tasks", "n_eval_query", "n_eval_steps", "device", "path"}
+_NOT_TRAINING = {
+    "preset",
+    "n_iterations",
+    "pretrain_iterations",
+    "oracle_iterations",
+    "checkpoint_every",
+    "finetune_lrs",
+    "n_val_tasks",
+    "eval_k_shots",
+    "n_eval_tasks",
+    "n_eval_query",
+    "n_eval_steps",
+    "device",
+    "path",
+}
 
 
 def models(config: dict[str, Any]) -> dict[str, MLP]:
-    """The network skeletons: 1-40-40-1 for MAML/pretrained, 3-40-40-1 for the oracle."""
+    """Skeletons: 1-40-40-1 for MAML and pretrained, 3-40-40-1 for the oracle."""
     hidden = tuple(config["hidden_sizes"])
-    return {"maml": MLP((1, *hidden, 1)), "pretrained": MLP((1, *hidden, 1)),
-            "oracle": MLP((3, *hidden, 1))}
+    return {
+        "maml": MLP((1, *hidden, 1)),
+        "pretrained": MLP((1, *hidden, 1)),
+        "oracle": MLP((3, *hidden, 1)),
+    }
 
 
-def train_method(method: str, config: dict[str, Any], run: RunFolder | None = None,
-                 desc: str | None = None) -> FitResult:
+def train_method(
+    method: str,
+    config: dict[str, Any],
+    run: RunFolder | None = None,
+    desc: str | None = None,
+) -> FitResult:
     """Train ``method`` (``"maml"``, ``"pretrained"`` or ``"oracle"``) per ``config``.
 
     Resumes from ``run``'s checkpoint for that method if one exists.
@@ -45,37 +72,59 @@ def train_method(method: str, config: dict[str, Any], run: RunFolder | None = No
     device = torch.device(config["device"])
     params = init_params(model, make_generator(config["seed"], "init"), device=device)
     if method == "maml":
-        objective = meta_objective(model, mse_loss, config["inner_lr"],
-                                   config["n_inner_steps"], config["first_order"],
-                                   config["path"])
+        objective = meta_objective(
+            model,
+            mse_loss,
+            config["inner_lr"],
+            config["n_inner_steps"],
+            config["first_order"],
+            config["path"],
+        )
         n_iterations = config["n_iterations"]
     elif method == "pretrained":
-        objective, n_iterations = pretrain_objective(model, mse_loss), \
-            config["pretrain_iterations"]
+        objective, n_iterations = (
+            pretrain_objective(model, mse_loss),
+            config["pretrain_iterations"],
+        )
     elif method == "oracle":
-        objective, n_iterations = oracle_objective(model, mse_loss), \
-            config["oracle_iterations"]
+        objective, n_iterations = (
+            oracle_objective(model, mse_loss),
+            config["oracle_iterations"],
+        )
     else:
-        raise ValueError(f"method must be 'maml', 'pretrained' or 'oracle', got {method!r}")
+        raise ValueError(
+            f"method must be 'maml', 'pretrained' or 'oracle', got {method!r}"
+        )
     distribution = SinusoidTasks()
 
     def sample_batch(generator):
-        return distribution.sample(config["meta_batch_size"], config["k_shot"],
-                                   config["n_query"], generator=generator).to(device)
+        return distribution.sample(
+            config["meta_batch_size"],
+            config["k_shot"],
+            config["n_query"],
+            generator=generator,
+        ).to(device)
 
     fingerprint = {k: v for k, v in config.items() if k not in _NOT_TRAINING}
     fingerprint["method"] = method
     return fit(
-        objective, params, sample_batch, make_generator(config["seed"], "tasks"),
-        n_iterations, config["outer_lr"],
+        objective,
+        params,
+        sample_batch,
+        make_generator(config["seed"], "tasks"),
+        n_iterations,
+        config["outer_lr"],
         checkpoint=run.checkpoint(method) if run else None,
-        checkpoint_every=config["checkpoint_every"], log_every=config["log_every"],
-        fingerprint=fingerprint, desc=desc or method,
+        checkpoint_every=config["checkpoint_every"],
+        log_every=config["log_every"],
+        fingerprint=fingerprint,
+        desc=desc or method,
     )
 
 
-def evaluate_methods(trained: dict[str, Params], config: dict[str, Any]
-                     ) -> dict[str, Any]:
+def evaluate_methods(
+    trained: dict[str, Params], config: dict[str, Any]
+) -> dict[str, Any]:
     """Score every trained method on the fixed evaluation tasks for each eval K.
 
     MAML fine-tunes with its own ``inner_lr``; the pretrained net with a step size
@@ -89,9 +138,12 @@ def evaluate_methods(trained: dict[str, Params], config: dict[str, Any]
     curves: dict[int, dict[str, torch.Tensor]] = {}
     metrics: dict[str, Any] = {}
     for k in config["eval_k_shots"]:
-        tasks = evaluation_tasks(k, config["n_eval_tasks"], config["n_eval_query"]).to(device)
-        val = evaluation_tasks(k, config["n_val_tasks"], config["n_eval_query"],
-                               seed=VAL_SEED).to(device)
+        tasks = evaluation_tasks(k, config["n_eval_tasks"], config["n_eval_query"]).to(
+            device
+        )
+        val = evaluation_tasks(
+            k, config["n_val_tasks"], config["n_eval_query"], seed=VAL_SEED
+        ).to(device)
         curves[k], metrics[f"k{k}"] = {}, {}
         for method, params in trained.items():
             lr = config["inner_lr"]
@@ -101,15 +153,24 @@ def evaluate_methods(trained: dict[str, Params], config: dict[str, Any]
                 metrics[f"k{k}"][method] = {"steps": summarize_curve(curve.cpu())}
             else:
                 if method == "pretrained":
-                    lr, scores = tune_finetune_lr(nets[method], params, val, mse_loss,
-                                                  config["finetune_lrs"],
-                                                  config["n_eval_steps"])
-                curve = adaptation_curve(nets[method], params, tasks, mse_loss, lr,
-                                         config["n_eval_steps"])
-                metrics[f"k{k}"][method] = {"finetune_lr": lr,
-                                            "steps": summarize_curve(curve.cpu())}
+                    lr, scores = tune_finetune_lr(
+                        nets[method],
+                        params,
+                        val,
+                        mse_loss,
+                        config["finetune_lrs"],
+                        config["n_eval_steps"],
+                    )
+                curve = adaptation_curve(
+                    nets[method], params, tasks, mse_loss, lr, config["n_eval_steps"]
+                )
+                metrics[f"k{k}"][method] = {
+                    "finetune_lr": lr,
+                    "steps": summarize_curve(curve.cpu()),
+                }
                 if method == "pretrained":
-                    metrics[f"k{k}"][method]["lr_scores"] = {str(a): b
-                                                            for a, b in scores.items()}
+                    metrics[f"k{k}"][method]["lr_scores"] = {
+                        str(a): b for a, b in scores.items()
+                    }
             curves[k][method] = curve.cpu()
     return {"curves": curves, "metrics": metrics}

@@ -34,9 +34,13 @@ class TaskBatch:
         """Task ``i`` alone, keeping a task axis of length 1."""
         return TaskBatch(**{k: v[i : i + 1] for k, v in vars(self).items()})
 
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> TaskBatch:
+    def to(
+        self, device: str | torch.device, dtype: torch.dtype | None = None
+    ) -> TaskBatch:
         """The same tasks on ``device`` (and ``dtype`` for floating tensors)."""
-        return TaskBatch(**{k: v.to(device=device, dtype=dtype) for k, v in vars(self).items()})
+        return TaskBatch(
+            **{k: v.to(device=device, dtype=dtype) for k, v in vars(self).items()}
+        )
 
 
 class SinusoidTasks:
@@ -70,7 +74,9 @@ class SinusoidTasks:
                 "points from half the input range"); query x always covers [-5, 5].
         """
         if n_tasks < 1 or k_shot < 1:
-            raise ValueError(f"n_tasks and k_shot must be >= 1, got {n_tasks}, {k_shot}")
+            raise ValueError(
+                f"n_tasks and k_shot must be >= 1, got {n_tasks}, {k_shot}"
+            )
         n_query = k_shot if n_query is None else n_query
         if n_query < 1:
             raise ValueError(f"n_query must be >= 1, got {n_query}")
@@ -93,8 +99,10 @@ class SinusoidTasks:
         )
 
     @staticmethod
-    def target(x: torch.Tensor, amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-        """y = A sin(x - phase), broadcasting one (A, phase) per task over its points."""
+    def target(
+        x: torch.Tensor, amplitude: torch.Tensor, phase: torch.Tensor
+    ) -> torch.Tensor:
+        """y = A sin(x - phase), one (A, phase) per task broadcast over its points."""
         return amplitude[:, None, None] * torch.sin(x - phase[:, None, None])
 
 

@@ -60,8 +60,9 @@ def meta_objective(
     meta_loss = META_LOSSES[path]
 
     def objective(params: Params, tasks) -> torch.Tensor:
-        return meta_loss(model, params, tasks, loss_fn, inner_lr, n_inner_steps,
-                         first_order)
+        return meta_loss(
+            model, params, tasks, loss_fn, inner_lr, n_inner_steps, first_order
+        )
 
     return objective
 
@@ -107,10 +108,14 @@ def fit(
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["fingerprint"] != fingerprint:
-            changed = sorted(k for k in set(state["fingerprint"]) | set(fingerprint)
-                             if state["fingerprint"].get(k) != fingerprint.get(k))
+            changed = sorted(
+                k
+                for k in set(state["fingerprint"]) | set(fingerprint)
+                if state["fingerprint"].get(k) != fingerprint.get(k)
+            )
             raise ValueError(
-                f"checkpoint {checkpoint} was made with different settings ({changed}); "
+                f"checkpoint {checkpoint} was made with different settings "
+                f"({changed}); "
                 "delete it or use another run folder (seed) to start afresh"
             )
         with torch.no_grad():
@@ -122,28 +127,39 @@ def fit(
         wall_before = state.get("wall_time_s", 0.0)
         resumed_from = start
         if start > n_iterations:
-            raise ValueError(f"checkpoint {checkpoint} is at iteration {start}, past "
-                             f"n_iterations={n_iterations}; raise n_iterations or use "
-                             "another run folder")
+            raise ValueError(
+                f"checkpoint {checkpoint} is at iteration {start}, past "
+                f"n_iterations={n_iterations}; raise n_iterations or use "
+                "another run folder"
+            )
 
     t0 = time.perf_counter()
 
     def save(iteration: int, window: list[float]) -> None:
         if checkpoint is None:
             return
-        save_torch(checkpoint, {
-            "params": {k: v.detach().cpu() for k, v in params.items()},
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            "history": history,
-            "iteration": iteration,
-            "window": list(window),
-            "fingerprint": fingerprint,
-            "wall_time_s": wall_before + time.perf_counter() - t0,
-        })
+        save_torch(
+            checkpoint,
+            {
+                "params": {k: v.detach().cpu() for k, v in params.items()},
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "history": history,
+                "iteration": iteration,
+                "window": list(window),
+                "fingerprint": fingerprint,
+                "wall_time_s": wall_before + time.perf_counter() - t0,
+            },
+        )
 
-    bar = tqdm(total=n_iterations, initial=start, desc=desc, disable=not progress_enabled(),
-               mininterval=1.0, dynamic_ncols=True)
+    bar = tqdm(
+        total=n_iterations,
+        initial=start,
+        desc=desc,
+        disable=not progress_enabled(),
+        mininterval=1.0,
+        dynamic_ncols=True,
+    )
     window: list[float] = state["window"] if resumed_from is not None else []
     last_saved = completed = start
     try:
@@ -152,8 +168,12 @@ def fit(
             batch = sample_batch(generator)
             loss = objective(params, batch)
             if not torch.isfinite(loss):
-                where = (f"the last good checkpoint ({checkpoint}, iteration {last_saved}) "
-                         "is kept" if checkpoint is not None else "no checkpoint was kept")
+                where = (
+                    f"the last good checkpoint ({checkpoint}, iteration {last_saved}) "
+                    "is kept"
+                    if checkpoint is not None
+                    else "no checkpoint was kept"
+                )
                 raise FloatingPointError(
                     f"{desc}: loss is {loss.item()} at iteration {iteration}; {where}. "
                     "Lower outer_lr or inner_lr, or check the data."
@@ -189,8 +209,13 @@ def fit(
     if last_saved != n_iterations:
         save(n_iterations, window)
     wall = wall_before + time.perf_counter() - t0
-    return FitResult(detach_params(params, requires_grad=False), history, n_iterations,
-                     wall, resumed_from)
+    return FitResult(
+        detach_params(params, requires_grad=False),
+        history,
+        n_iterations,
+        wall,
+        resumed_from,
+    )
 
 
 def check_finite(value: float, what: str) -> float:

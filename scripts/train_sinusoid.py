@@ -26,5 +26,8 @@ config = make_config("sinusoid", args.preset, seed=args.seed, device=args.device
 run = RunFolder("05-maml-sinusoid", config["preset"], config["seed"])
 for method in args.methods:
     result = train_method(method, config, run)
-    print(f"{method}: {result.iterations} iterations, {result.wall_time_s:.0f} s, "
-          f"resumed from {result.resumed_from}", flush=True)
+    print(
+        f"{method}: {result.iterations} iterations, {result.wall_time_s:.0f} s, "
+        f"resumed from {result.resumed_from}",
+        flush=True,
+    )

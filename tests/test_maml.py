@@ -4,8 +4,14 @@ import pytest
 import torch
 from torch.func import grad
 
-from mamllib.maml import adapt, adapt_functional, meta_gradient, meta_loss_loop, \
-    mse_loss, task_loss
+from mamllib.maml import (
+    adapt,
+    adapt_functional,
+    meta_gradient,
+    meta_loss_loop,
+    mse_loss,
+    task_loss,
+)
 from mamllib.models import MLP, init_params
 from mamllib.tasks import SinusoidTasks, make_generator
 
@@ -26,19 +32,27 @@ def flat(d):
 def test_second_order_meta_gradient_matches_finite_differences(path, n_inner_steps):
     model, params, tasks = small_problem()
     inner_lr = 0.05
-    _, g = meta_gradient(model, params, tasks, mse_loss, inner_lr, n_inner_steps,
-                         path=path)
+    _, g = meta_gradient(
+        model, params, tasks, mse_loss, inner_lr, n_inner_steps, path=path
+    )
     eps = 1e-6
     generator = torch.Generator().manual_seed(1)
-    for _ in range(3):  # random directions: directional derivative vs central difference
-        direction = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype)
-                     for k, v in params.items()}
+    for _ in range(
+        3
+    ):  # random directions: directional derivative vs central difference
+        direction = {
+            k: torch.randn(v.shape, generator=generator, dtype=v.dtype)
+            for k, v in params.items()
+        }
 
-        def loss_at(sign):
-            shifted = {k: (v + sign * eps * direction[k]).detach().requires_grad_()
-                       for k, v in params.items()}
-            return meta_loss_loop(model, shifted, tasks, mse_loss, inner_lr,
-                                  n_inner_steps).item()
+        def loss_at(sign, direction=direction):
+            shifted = {
+                k: (v + sign * eps * direction[k]).detach().requires_grad_()
+                for k, v in params.items()
+            }
+            return meta_loss_loop(
+                model, shifted, tasks, mse_loss, inner_lr, n_inner_steps
+            ).item()
 
         numeric = (loss_at(+1) - loss_at(-1)) / (2 * eps)
         analytic = (flat(g) * flat(direction)).sum().item()
@@ -51,10 +65,12 @@ def test_second_order_meta_gradient_matches_finite_differences(path, n_inner_ste
 @pytest.mark.parametrize("n_inner_steps", [1, 3])
 def test_vmap_path_equals_loop(first_order, n_inner_steps):
     model, params, tasks = small_problem(torch.float32, n_tasks=5, sizes=(1, 40, 40, 1))
-    loss_l, g_l = meta_gradient(model, params, tasks, mse_loss, 0.01, n_inner_steps,
-                                first_order, path="loop")
-    loss_v, g_v = meta_gradient(model, params, tasks, mse_loss, 0.01, n_inner_steps,
-                                first_order, path="vmap")
+    loss_l, g_l = meta_gradient(
+        model, params, tasks, mse_loss, 0.01, n_inner_steps, first_order, path="loop"
+    )
+    loss_v, g_v = meta_gradient(
+        model, params, tasks, mse_loss, 0.01, n_inner_steps, first_order, path="vmap"
+    )
     torch.testing.assert_close(loss_v, loss_l, rtol=1e-6, atol=1e-6)
     for k in g_l:
         torch.testing.assert_close(g_v[k], g_l[k], rtol=1e-5, atol=1e-6)
@@ -68,18 +84,27 @@ def test_first_order_is_second_order_minus_hessian_term(path):
     inner_lr = 0.1
     _, g2 = meta_gradient(model, params, tasks, mse_loss, inner_lr, 1, False, path=path)
     _, g1 = meta_gradient(model, params, tasks, mse_loss, inner_lr, 1, True, path=path)
-    xs, ys, xq, yq = tasks.x_support[0], tasks.y_support[0], tasks.x_query[0], \
-        tasks.y_query[0]
+    xs, ys, xq, yq = (
+        tasks.x_support[0],
+        tasks.y_support[0],
+        tasks.x_query[0],
+        tasks.y_query[0],
+    )
     # Independent computation: Hessian-vector product by double backward.
     adapted = adapt(model, params, xs, ys, mse_loss, inner_lr, 1)
-    g_query = torch.autograd.grad(task_loss(model, adapted, xq, yq, mse_loss),
-                                  tuple(adapted.values()))
+    g_query = torch.autograd.grad(
+        task_loss(model, adapted, xq, yq, mse_loss), tuple(adapted.values())
+    )
     g_query = {k: v.detach() for k, v in zip(params, g_query)}
-    support_grad = torch.autograd.grad(task_loss(model, params, xs, ys, mse_loss),
-                                       tuple(params.values()), create_graph=True)
-    hvp = torch.autograd.grad(support_grad, tuple(params.values()),
-                              grad_outputs=tuple(g_query.values()))
-    for (k, h) in zip(params, hvp):
+    support_grad = torch.autograd.grad(
+        task_loss(model, params, xs, ys, mse_loss),
+        tuple(params.values()),
+        create_graph=True,
+    )
+    hvp = torch.autograd.grad(
+        support_grad, tuple(params.values()), grad_outputs=tuple(g_query.values())
+    )
+    for k, h in zip(params, hvp):
         torch.testing.assert_close(g1[k], g_query[k], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(g2[k] - g1[k], -inner_lr * h, rtol=1e-8, atol=1e-10)
     assert flat(dict(zip(params, hvp))).abs().max() > 1e-4  # the term is not negligible
@@ -102,15 +127,19 @@ def test_adapt_equals_hand_written_sgd():
     for fn in (adapt, adapt_functional):
         adapted_params = fn(model, params, xs, ys, mse_loss, inner_lr, steps)
         for k in w:
-            torch.testing.assert_close(adapted_params[k].detach(), w[k], rtol=1e-12,
-                                       atol=1e-12)
+            torch.testing.assert_close(
+                adapted_params[k].detach(), w[k], rtol=1e-12, atol=1e-12
+            )
 
 
 def test_one_meta_step_lowers_the_meta_loss():
-    model, params, tasks = small_problem(torch.float32, n_tasks=10, k_shot=10,
-                                         sizes=(1, 40, 40, 1))
+    model, params, tasks = small_problem(
+        torch.float32, n_tasks=10, k_shot=10, sizes=(1, 40, 40, 1)
+    )
     loss0, g = meta_gradient(model, params, tasks, mse_loss, 0.01, 1)
-    stepped = {k: (v - 1e-3 * g[k]).detach().requires_grad_() for k, v in params.items()}
+    stepped = {
+        k: (v - 1e-3 * g[k]).detach().requires_grad_() for k, v in params.items()
+    }
     loss1, _ = meta_gradient(model, stepped, tasks, mse_loss, 0.01, 1)
     assert loss1 < loss0
 

@@ -11,13 +11,18 @@ from mamllib.tasks import SinusoidTasks, make_generator
 
 def test_sinusoid_tasks_follow_the_paper_distribution():
     tasks = SinusoidTasks().sample(2000, 10, 7, generator=make_generator(0))
-    assert tasks.x_support.shape == (2000, 10, 1) and tasks.x_query.shape == (2000, 7, 1)
+    assert tasks.x_support.shape == (2000, 10, 1) and tasks.x_query.shape == (
+        2000,
+        7,
+        1,
+    )
     assert 0.1 <= tasks.amplitude.min() and tasks.amplitude.max() <= 5.0
     assert 0.0 <= tasks.phase.min() and tasks.phase.max() <= math.pi
     assert -5 <= tasks.x_support.min() and tasks.x_query.max() <= 5
     assert tasks.amplitude.mean() == pytest.approx(2.55, abs=0.1)  # mean of U[0.1, 5]
-    expected = tasks.amplitude[:, None, None] * torch.sin(tasks.x_query -
-                                                          tasks.phase[:, None, None])
+    expected = tasks.amplitude[:, None, None] * torch.sin(
+        tasks.x_query - tasks.phase[:, None, None]
+    )
     torch.testing.assert_close(tasks.y_query, expected)
 
 
@@ -34,8 +39,9 @@ def test_task_sampling_is_reproducible_per_seed_and_streams_are_separate():
 
 
 def test_support_range_restricts_only_the_support_points():
-    tasks = SinusoidTasks().sample(50, 5, 20, generator=make_generator(0),
-                                   support_range=(-5.0, 0.0))
+    tasks = SinusoidTasks().sample(
+        50, 5, 20, generator=make_generator(0), support_range=(-5.0, 0.0)
+    )
     assert tasks.x_support.max() <= 0.0
     assert tasks.x_query.max() > 0.0
 
@@ -51,9 +57,15 @@ def test_environment_variable_beats_the_cells_preset(monkeypatch):
 def test_paper_preset_is_the_papers_setting(monkeypatch):
     monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
     c = make_config("sinusoid", "paper")
-    assert (c["inner_lr"], c["n_inner_steps"], c["meta_batch_size"], c["outer_lr"],
-            c["n_iterations"], c["k_shot"], c["hidden_sizes"]) == \
-        (0.01, 1, 25, 1e-3, 70_000, 10, [40, 40])
+    assert (
+        c["inner_lr"],
+        c["n_inner_steps"],
+        c["meta_batch_size"],
+        c["outer_lr"],
+        c["n_iterations"],
+        c["k_shot"],
+        c["hidden_sizes"],
+    ) == (0.01, 1, 25, 1e-3, 70_000, 10, [40, 40])
     assert c["first_order"] is False
     book, ci = make_config("sinusoid", "book"), make_config("sinusoid", "ci")
     assert ci["n_iterations"] < book["n_iterations"] < c["n_iterations"]
@@ -66,12 +78,25 @@ def test_overrides_apply_and_none_means_use_the_preset(monkeypatch):
     assert c["n_iterations"] == make_config("sinusoid", "book")["n_iterations"]
 
 
-@pytest.mark.parametrize("key,value", [
-    ("k_shot", 0), ("k_shot", 2.5), ("inner_lr", 0.0), ("inner_lr", -0.01),
-    ("outer_lr", float("nan")), ("meta_batch_size", 0), ("n_inner_steps", 0),
-    ("first_order", "yes"), ("path", "fast"), ("seed", -1), ("hidden_sizes", []),
-])
-def test_bad_values_are_refused_naming_parameter_value_and_range(monkeypatch, key, value):
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("k_shot", 0),
+        ("k_shot", 2.5),
+        ("inner_lr", 0.0),
+        ("inner_lr", -0.01),
+        ("outer_lr", float("nan")),
+        ("meta_batch_size", 0),
+        ("n_inner_steps", 0),
+        ("first_order", "yes"),
+        ("path", "fast"),
+        ("seed", -1),
+        ("hidden_sizes", []),
+    ],
+)
+def test_bad_values_are_refused_naming_parameter_value_and_range(
+    monkeypatch, key, value
+):
     monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
     with pytest.raises(ValueError) as err:
         make_config("sinusoid", "ci", **{key: value})

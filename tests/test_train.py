@@ -20,10 +20,19 @@ def tiny_fit(n_iterations, checkpoint=None, objective=None, **kw):
     params = init_params(model, make_generator(0, "init"))
     objective = objective or meta_objective(model, mse_loss, 0.01, 1)
     dist = SinusoidTasks()
-    return fit(objective, params, lambda g: dist.sample(4, 5, generator=g),
-               make_generator(0), n_iterations, 1e-3, checkpoint=checkpoint,
-               checkpoint_every=kw.pop("checkpoint_every", 7), log_every=5,
-               fingerprint={"test": 1}, **kw)
+    return fit(
+        objective,
+        params,
+        lambda g: dist.sample(4, 5, generator=g),
+        make_generator(0),
+        n_iterations,
+        1e-3,
+        checkpoint=checkpoint,
+        checkpoint_every=kw.pop("checkpoint_every", 7),
+        log_every=5,
+        fingerprint={"test": 1},
+        **kw,
+    )
 
 
 def test_maml_meta_training_lowers_the_post_adaptation_loss(monkeypatch):
@@ -58,8 +67,12 @@ def test_ctrl_c_keeps_progress_and_resume_is_exact(tmp_path):
         return inner(params, tasks)
 
     with pytest.raises(KeyboardInterrupt):
-        tiny_fit(30, checkpoint=tmp_path / "ck.pt", objective=interrupted,
-                 checkpoint_every=100)
+        tiny_fit(
+            30,
+            checkpoint=tmp_path / "ck.pt",
+            objective=interrupted,
+            checkpoint_every=100,
+        )
     assert torch.load(tmp_path / "ck.pt", weights_only=False)["iteration"] == 12
     resumed = tiny_fit(30, checkpoint=tmp_path / "ck.pt", checkpoint_every=100)
     for k in straight.params:
@@ -88,9 +101,16 @@ def test_checkpoint_with_other_settings_is_refused(tmp_path):
     model = MLP((1, 8, 8, 1))
     params = init_params(model, make_generator(0, "init"))
     with pytest.raises(ValueError, match="different settings"):
-        fit(meta_objective(model, mse_loss, 0.01, 1), params,
-            lambda g: SinusoidTasks().sample(4, 5, generator=g), make_generator(0), 10,
-            1e-3, checkpoint=tmp_path / "ck.pt", fingerprint={"test": 2})
+        fit(
+            meta_objective(model, mse_loss, 0.01, 1),
+            params,
+            lambda g: SinusoidTasks().sample(4, 5, generator=g),
+            make_generator(0),
+            10,
+            1e-3,
+            checkpoint=tmp_path / "ck.pt",
+            fingerprint={"test": 2},
+        )
 
 
 def test_adaptation_curve_matches_the_loop_and_starts_unadapted():
@@ -100,13 +120,19 @@ def test_adaptation_curve_matches_the_loop_and_starts_unadapted():
     curve = adaptation_curve(model, params, tasks, mse_loss, 0.01, 3)
     assert curve.shape == (4, 4)
     for i in range(4):
-        xs, ys, xq, yq = (tasks.x_support[i], tasks.y_support[i], tasks.x_query[i],
-                          tasks.y_query[i])
+        xs, ys, xq, yq = (
+            tasks.x_support[i],
+            tasks.y_support[i],
+            tasks.x_query[i],
+            tasks.y_query[i],
+        )
         assert curve[i, 0].item() == pytest.approx(
-            task_loss(model, params, xq, yq, mse_loss).item(), rel=1e-6)
+            task_loss(model, params, xq, yq, mse_loss).item(), rel=1e-6
+        )
         adapted = adapt(model, params, xs, ys, mse_loss, 0.01, 3)
         assert curve[i, 3].item() == pytest.approx(
-            task_loss(model, adapted, xq, yq, mse_loss).item(), rel=1e-5)
+            task_loss(model, adapted, xq, yq, mse_loss).item(), rel=1e-5
+        )
 
 
 def test_evaluation_tasks_are_fixed_and_mean_ci_is_right():
@@ -120,7 +146,9 @@ def test_evaluation_tasks_are_fixed_and_mean_ci_is_right():
         mean_ci(torch.tensor([1.0]))
 
 
-def test_run_folder_lives_under_the_repo_root_and_writes_atomically(tmp_path, monkeypatch):
+def test_run_folder_lives_under_the_repo_root_and_writes_atomically(
+    tmp_path, monkeypatch
+):
     monkeypatch.delenv("MAMLLIB_RESULTS", raising=False)
     assert (repo_root() / "pyproject.toml").exists()
     run = RunFolder("99-test", "ci", 3, root=tmp_path)

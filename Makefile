@@ -1,0 +1,63 @@
+# The two commands of the README:
+#   make book   set up everything, then build the book executing every notebook (book preset)
+#   make test   set up everything, then run every test (what CI runs: .ci/run)
+# Set-up is a virtual environment in .venv with the pinned packages of requirements.txt,
+# mamllib installed editable, and a Jupyter kernel registered inside that environment.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# One thread per process: CI has 2 cores, and the small networks here gain nothing from
+# more; it also keeps the notebooks' numbers identical between runs.
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+PRESET ?= book
+
+.PHONY: setup book test test-unit test-notebooks test-book lint lab clean benchmark
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 \
+		--display-name "Python 3 (mamllib)"
+	touch $(STAMP)
+
+# --all: Sphinx re-reads (and so re-executes) only pages whose source changed; a change to
+# mamllib alone changes none.
+book: $(STAMP)
+	MAMLLIB_PRESET=$(PRESET) $(BIN)/jupyter-book build . --all -W -n --keep-going
+	@echo "The book is at _build/html/index.html"
+
+test: $(STAMP) lint test-unit test-notebooks test-book
+
+lint: $(STAMP)
+	$(BIN)/ruff check mamllib tests benchmarks scripts
+	$(BIN)/python tests/check_notebooks.py
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+# Every notebook (chapters and book pages) at the ci preset, with assertion cells as tests
+# and golden outputs from tests/golden_outputs.json.
+test-notebooks: $(STAMP)
+	MAMLLIB_PRESET=ci CI=true $(BIN)/python -m pytest -q -p tests.nbval_golden \
+		--nbval-lax --nbval-cell-timeout=600 notebooks book
+
+# The book at the ci preset with warnings as errors, so broken references fail.
+test-book: $(STAMP)
+	rm -rf _build
+	MAMLLIB_PRESET=ci CI=true $(BIN)/jupyter-book build . --all -W -n --keep-going
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/sinusoid_speed.py
+
+clean:
+	rm -rf _build results
