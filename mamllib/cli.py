@@ -82,7 +82,9 @@ def run_notebook(
     return run, time.perf_counter() - start
 
 
-def make_artifact(run: RunFolder, name: str, command: str, wall_time_s: float) -> Path:
+def make_artifact(
+    run: RunFolder, name: str, command: str, wall_time_s: float, note: str | None = None
+) -> Path:
     """Copy ``run``'s small files into ``artifacts/<name>/`` with a manifest."""
     target = repo_root() / "artifacts" / name
     if target.exists():
@@ -143,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         help="then copy the run's small files to artifacts/NAME",
     )
     run_p.add_argument("--kernel", default=None, help="Jupyter kernel name")
+    run_p.add_argument(
+        "--note",
+        default=None,
+        help="a sentence for the manifest (e.g. how training was run)",
+    )
     pre_p = sub.add_parser("presets", help="print an experiment's presets")
     pre_p.add_argument("experiment", choices=sorted(PRESETS))
     args = parser.parse_args(argv)
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m mamllib.cli " + " ".join(
             sys.argv[1:] if argv is None else argv
         )
-        target = make_artifact(run, args.artifact, command, seconds)
+        target = make_artifact(run, args.artifact, command, seconds, args.note)
         print(f"artifact written to {target}")
     return 0
 
