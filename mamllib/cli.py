@@ -18,6 +18,7 @@ import argparse
 import ast
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -168,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{run.path}"
     )
     if args.artifact:
-        command = "python -m mamllib.cli " + " ".join(
-            sys.argv[1:] if argv is None else argv
-        )
+        words = list(sys.argv[1:] if argv is None else argv)
+        if "--note" in words:  # the note is recorded on its own line of the manifest
+            del words[words.index("--note") : words.index("--note") + 2]
+        command = "python -m mamllib.cli " + " ".join(shlex.quote(w) for w in words)
         target = make_artifact(run, args.artifact, command, seconds, args.note)
         print(f"artifact written to {target}")
     return 0
