@@ -87,6 +87,7 @@ def make_artifact(
     run: RunFolder, name: str, command: str, wall_time_s: float, note: str | None = None
 ) -> Path:
     """Copy ``run``'s small files into ``artifacts/<name>/`` with a manifest."""
+    commit = git_commit()  # before this function changes tracked files under artifacts/
     target = repo_root() / "artifacts" / name
     if target.exists():
         shutil.rmtree(target)
@@ -108,7 +109,7 @@ def make_artifact(
     write_manifest(
         target,
         command=command,
-        commit=git_commit(),
+        commit=commit,
         device=device_description(config.get("device", "cpu")),
         notebook_wall_time_s=round(wall_time_s, 1),
         training_wall_time_s=metrics.get("training_wall_time_s"),
