@@ -11,7 +11,8 @@ Two ways to compute the same meta-objective over a meta-batch:
 Tests hold the fast path to the loop and both to finite differences
 (``tests/test_maml.py``). Only torch is imported here: no files, presets or printing.
 
-Introduced in notebook 04 (the meta-gradient); the loop is written out there first.
+One inner step (``inner_update``) first appears in notebook 01; the meta-gradient is
+written out by hand in notebook 04 and checked against both paths.
 """
 
 from __future__ import annotations

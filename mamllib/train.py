@@ -11,7 +11,6 @@ reaches the same numbers as an uninterrupted one (``tests/test_train.py``).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -103,6 +102,7 @@ def fit(
     optimizer = torch.optim.Adam(params.values(), lr=outer_lr)
     history: dict[str, list[float]] = {"iteration": [], "loss": []}
     start, resumed_from, wall_before = 0, None, 0.0
+    window: list[float] = []  # losses of the current, unfinished log window
     fingerprint = fingerprint or {}
 
     if checkpoint is not None and Path(checkpoint).exists():
@@ -123,7 +123,7 @@ def fit(
                 params[k].copy_(v)
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        history, start = state["history"], state["iteration"]
+        history, start, window = state["history"], state["iteration"], state["window"]
         wall_before = state.get("wall_time_s", 0.0)
         resumed_from = start
         if start > n_iterations:
@@ -160,7 +160,6 @@ def fit(
         mininterval=1.0,
         dynamic_ncols=True,
     )
-    window: list[float] = state["window"] if resumed_from is not None else []
     last_saved = completed = start
     try:
         for iteration in range(start, n_iterations):
@@ -216,10 +215,3 @@ def fit(
         wall,
         resumed_from,
     )
-
-
-def check_finite(value: float, what: str) -> float:
-    """Return ``value`` or raise if it is NaN/inf (for evaluation numbers)."""
-    if not math.isfinite(value):
-        raise FloatingPointError(f"{what} is {value}")
-    return value
