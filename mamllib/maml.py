@@ -7,9 +7,12 @@ Two ways to compute the same meta-objective over a meta-batch:
   (``create_graph=True``) so the outer gradient flows through it; first order does not.
 * :func:`meta_loss_vmap` -- the fast path: one task written with ``torch.func.grad``
   and batched over the meta-batch with ``torch.func.vmap``.
+* :func:`meta_loss_batched` -- for models that run a whole meta-batch at once
+  (``forward_tasks``, e.g. the conv-4): ordinary autograd, no vmap.
 
-Tests hold the fast path to the loop and both to finite differences
-(``tests/test_maml.py``). Only torch is imported here: no files, presets or printing.
+Tests hold the fast paths to the loop and all to finite differences
+(``tests/test_maml.py``, ``tests/test_conv4.py``). Only torch is imported here: no
+files, presets or printing.
 
 One inner step (``inner_update``) first appears in notebook 01; the meta-gradient is
 written out by hand in notebook 04 and checked against both paths.
@@ -32,6 +35,30 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error, the sinusoid loss (paper §5.1)."""
     return ((prediction - target) ** 2).mean()
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy, the classification loss (paper §5.2).
+
+    Written as ``log_softmax`` and ``gather`` so that it batches under vmap and
+    differentiates twice. cbfinn/maml differs in two details: it smooths the one-hot
+    labels (``0.9 * onehot + 0.01``) and divides the mean by K (the shots), which
+    scales the inner step by 1/K in K-shot training.
+
+    Args:
+        logits: ``[..., n_way]``.
+        labels: class indices ``[...]`` (integer).
+
+    Returns:
+        A scalar: the mean over all leading axes.
+    """
+    log_probs = logits.log_softmax(-1)
+    return -log_probs.gather(-1, labels.unsqueeze(-1)).mean()
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of examples whose largest logit is the label (a float scalar)."""
+    return (logits.argmax(-1) == labels).to(logits.dtype).mean()
 
 
 def task_loss(
@@ -210,7 +237,67 @@ def meta_loss_vmap(
     return losses.mean()
 
 
-META_LOSSES = {"loop": meta_loss_loop, "vmap": meta_loss_vmap}
+# --------------------------------------------------------------------------------------
+# The batched path: all tasks in one forward, for models with ``forward_tasks``
+# --------------------------------------------------------------------------------------
+
+
+def meta_loss_batched(
+    model: nn.Module,
+    params: Params,
+    tasks: TaskBatch,
+    loss_fn: LossFn,
+    inner_lr: float,
+    n_inner_steps: int,
+    first_order: bool = False,
+) -> torch.Tensor:
+    """:func:`meta_loss_loop` with the whole meta-batch in each forward, no vmap.
+
+    Needs ``model.forward_tasks(params, x)``: parameters with a leading task axis
+    ``[T, ...]``, inputs ``[T, N, ...]``, outputs ``[T, N, ...]`` (e.g.
+    :class:`mamllib.models.Conv4`). Each task starts from a copy of theta made by
+    ``expand`` (a view): the gradient of the summed support losses w.r.t. those
+    copies is each task's own gradient, and the meta-gradient flows back through
+    ``expand`` as the sum over tasks. Plain ``torch.autograd`` throughout, so no
+    vmap rule can be wrong. ``loss_fn`` must be a mean over examples (as
+    :func:`mse_loss` and :func:`cross_entropy_loss`), so that T times the mean over
+    all examples is the sum of the per-task means.
+    """
+    if not hasattr(model, "forward_tasks"):
+        raise ValueError(
+            f"{type(model).__name__} has no forward_tasks(params, x): use path='vmap'"
+            " or path='loop'"
+        )
+    n_tasks = len(tasks)
+
+    def mean_loss(p, x, y):
+        output = model.forward_tasks(p, x)  # [T, N, ...]
+        return loss_fn(output.flatten(0, 1), y.flatten(0, 1))
+
+    adapted_params = {k: v.expand(n_tasks, *v.shape) for k, v in params.items()}
+    for _ in range(n_inner_steps):
+        support_loss = n_tasks * mean_loss(
+            adapted_params, tasks.x_support, tasks.y_support
+        )
+        # create_graph for second order, as in inner_update.
+        grads = torch.autograd.grad(
+            support_loss,
+            tuple(adapted_params.values()),
+            create_graph=not first_order,
+            allow_unused=True,
+        )
+        adapted_params = {
+            k: p if g is None else p - inner_lr * g
+            for (k, p), g in zip(adapted_params.items(), grads)
+        }
+    return mean_loss(adapted_params, tasks.x_query, tasks.y_query)
+
+
+META_LOSSES = {
+    "loop": meta_loss_loop,
+    "vmap": meta_loss_vmap,
+    "batched": meta_loss_batched,
+}
 
 
 def meta_gradient(
@@ -226,7 +313,9 @@ def meta_gradient(
     """The meta-loss and its gradient w.r.t. ``params`` (a dict like ``params``).
 
     Args:
-        path: ``"vmap"`` (fast) or ``"loop"`` (readable); tests prove they agree.
+        path: ``"vmap"`` (fast), ``"loop"`` (readable) or ``"batched"`` (fast
+            without vmap, for models with ``forward_tasks``); tests prove they
+            agree.
     """
     if path not in META_LOSSES:
         raise ValueError(f"path must be one of {sorted(META_LOSSES)}, got {path!r}")

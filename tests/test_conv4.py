@@ -1,0 +1,283 @@
+"""The conv-4: shapes, TF 'SAME' padding, transductive batch norm, and its
+meta-gradient (finite differences, loop vs vmap vs batched, first vs second order)."""
+
+import pytest
+import torch
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from mamllib.maml import (
+    accuracy,
+    adapt,
+    cross_entropy_loss,
+    meta_gradient,
+    meta_loss_loop,
+    task_loss,
+)
+from mamllib.models import (
+    Conv4,
+    batch_norm_batch_stats,
+    init_conv4_params,
+    init_params,
+    tf_same_padding,
+)
+from mamllib.tasks import TaskBatch
+
+FAST_PATHS = ["vmap", "batched"]
+
+
+def image_tasks(n_tasks, n_way, k_shot, dtype, size=28, channels=1, seed=0):
+    """Random images with the shapes of an N-way K-shot episode (not real data)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (n_tasks, n_way * k_shot, channels, size, size)
+    x_support = torch.rand(shape, generator=generator, dtype=dtype)
+    x_query = torch.rand(shape, generator=generator, dtype=dtype)
+    labels = torch.arange(n_way).repeat(k_shot).expand(n_tasks, -1).contiguous()
+    unused = torch.zeros(n_tasks)  # TaskBatch's sinusoid fields
+    return TaskBatch(x_support, labels, x_query, labels.clone(), unused, unused)
+
+
+def small_problem(dtype=torch.float64, n_tasks=2, n_way=3, n_filters=4, **kwargs):
+    model = Conv4(n_way, n_filters=n_filters, **kwargs)
+    params = init_params(model, torch.Generator().manual_seed(1), dtype=dtype)
+    return model, params, image_tasks(n_tasks, n_way, 1, dtype)
+
+
+def flat(d):
+    return torch.cat([v.reshape(-1) for v in d.values()])
+
+
+def assert_grads_close(actual, expected, rtol):
+    """Each parameter's gradient within ``rtol`` of the reference, relative to its
+    norm. The conv biases' gradients are zero up to rounding (batch norm cancels
+    the biases), so theirs is measured against the largest gradient instead."""
+    scale = flat(expected).abs().max()
+    for k in expected:
+        gap = (actual[k] - expected[k]).norm()
+        cancelled = k.startswith("conv") and k.endswith("bias")
+        assert gap <= rtol * (scale if cancelled else expected[k].norm()), k
+
+
+@pytest.mark.parametrize(
+    "kwargs, x_shape, final_size, n_features",
+    [
+        (dict(n_way=5), (7, 1, 28, 28), 2, 64),
+        (dict(n_way=20), (20, 1, 28, 28), 2, 64),
+        (
+            dict(n_way=5, in_channels=3, n_filters=32, image_size=84, max_pool=True),
+            (5, 3, 84, 84),
+            5,
+            32 * 5 * 5,
+        ),
+    ],
+)
+def test_output_shapes(kwargs, x_shape, final_size, n_features):
+    model = Conv4(**kwargs)
+    params = init_params(model, torch.Generator().manual_seed(0))
+    assert model.final_size == final_size
+    assert params["head.weight"].shape == (kwargs["n_way"], n_features)
+    logits = functional_call(model, params, (torch.rand(x_shape),))
+    assert logits.shape == (x_shape[0], kwargs["n_way"])
+    with pytest.raises(ValueError, match="expected images"):
+        functional_call(model, params, (torch.rand(x_shape[0], 2, 28, 28),))
+
+
+def test_tf_same_padding_puts_the_odd_zero_bottom_right():
+    # Omniglot: 28 -> 14 -> 7 -> 4 -> 2 with stride 2, as cbfinn/maml's 'SAME'.
+    assert [tf_same_padding(s, 3, 2) for s in (28, 14, 7, 4)] == [
+        (0, 1),
+        (0, 1),
+        (1, 1),
+        (0, 1),
+    ]
+    assert tf_same_padding(84, 3, 1) == (1, 1)
+    assert Conv4(5).paddings == [(0, 1), (0, 1), (1, 1), (0, 1)]
+    # So the first output pixel sees rows/columns 0..2 (no zero on top), unlike
+    # PyTorch's padding=1, and the last one sees 26, 27 and a zero.
+    model = Conv4(5, n_filters=1)
+    x, w = torch.rand(1, 1, 28, 28), torch.rand(1, 1, 3, 3)
+    out = model._conv(0, x, w, None)
+    assert out.shape == (1, 1, 14, 14)
+    torch.testing.assert_close(out[0, 0, 0, 0], (x[0, 0, :3, :3] * w[0, 0]).sum())
+    last = (x[0, 0, 26:, 26:] * w[0, 0, :2, :2]).sum()
+    torch.testing.assert_close(out[0, 0, -1, -1], last)
+
+
+def test_batch_norm_normalises_each_channel_with_the_batch_statistics():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 5, 5, generator=generator, dtype=torch.float64)
+    x = x * torch.tensor([0.1, 1.0, 10.0]).view(1, 3, 1, 1) + 4.0
+    beta = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    out = batch_norm_batch_stats(x, None, beta, eps=1e-3)
+    var = x.var((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(out.mean((0, 2, 3)), beta)
+    torch.testing.assert_close(out.var((0, 2, 3), unbiased=False), var / (var + 1e-3))
+    # and it is what torch's own batch norm computes in training mode
+    reference = F.batch_norm(
+        x, None, None, torch.ones(3, dtype=x.dtype), beta, training=True, eps=1e-3
+    )
+    torch.testing.assert_close(out, reference)
+
+
+def test_model_is_transductive_and_ignores_the_conv_bias():
+    model, params, tasks = small_problem()
+    x = tasks.x_support[0]
+    logits = functional_call(model, params, (x,))
+    # Another example in the batch changes example 0's logits: batch statistics.
+    x_other = x.clone()
+    x_other[1:] = x_other[1:] * 2 + 1
+    assert (
+        functional_call(model, params, (x_other,))[0] - logits[0]
+    ).abs().max() > 1e-3
+    # A conv bias shifts a channel's whole batch, which batch norm subtracts again.
+    shifted = dict(params, **{"conv2.bias": params["conv2.bias"] + 3.0})
+    torch.testing.assert_close(functional_call(model, shifted, (x,)), logits)
+
+
+def test_init_follows_cbfinn_maml():
+    model = Conv4(5)
+    params = init_params(model, torch.Generator().manual_seed(0))
+    bound = (6 / (9 * 64 + 9 * 64)) ** 0.5  # Glorot uniform, 3x3, 64 -> 64
+    assert params["conv2.weight"].abs().max() <= bound
+    assert params["conv2.weight"].abs().max() > 0.95 * bound
+    assert params["head.weight"].std().item() == pytest.approx(1.0, abs=0.15)
+    for name in ("conv1.bias", "norm1.bias", "head.bias"):
+        assert params[name].abs().max() == 0
+    assert "norm1.weight" not in params  # TF's default: an offset, no scale
+    scaled = init_conv4_params(Conv4(5, bn_scale=True), torch.Generator())
+    assert (scaled["norm1.weight"] == 1).all()
+    mini = init_params(Conv4(5, 3, 32, 84, True), torch.Generator().manual_seed(0))
+    assert mini["head.weight"].abs().max() <= (6 / (800 + 5)) ** 0.5
+
+
+def test_cross_entropy_and_accuracy():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, 5, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 5, (4, 6), generator=generator)
+    torch.testing.assert_close(
+        vmap(cross_entropy_loss)(logits, labels),
+        torch.stack([F.cross_entropy(a, b) for a, b in zip(logits, labels)]),
+    )
+    assert accuracy(logits, labels) == (logits.argmax(-1) == labels).double().mean()
+    assert accuracy(F.one_hot(labels, 5).double(), labels) == 1.0
+
+
+def test_forward_tasks_equals_forward_task_by_task():
+    for kwargs, size, channels in ((dict(), 28, 1), (dict(max_pool=True), 20, 3)):
+        model = Conv4(3, channels, 4, size, bn_scale=True, **kwargs)
+        generator = torch.Generator().manual_seed(0)
+        params = {  # a different parameter set per task
+            k: torch.randn(3, *v.shape, generator=generator, dtype=torch.float64)
+            for k, v in model.named_parameters()
+        }
+        x = image_tasks(3, 3, 2, torch.float64, size, channels).x_support
+        expected = torch.stack(
+            [
+                functional_call(model, {k: v[t] for k, v in params.items()}, (x[t],))
+                for t in range(3)
+            ]
+        )
+        torch.testing.assert_close(
+            model.forward_tasks(params, x), expected, rtol=1e-12, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("path", ["loop", *FAST_PATHS])
+@pytest.mark.parametrize("n_inner_steps", [1, 2])
+def test_second_order_meta_gradient_matches_finite_differences(path, n_inner_steps):
+    model, params, tasks = small_problem(bn_scale=True)
+    inner_lr = 0.4
+    _, g = meta_gradient(
+        model, params, tasks, cross_entropy_loss, inner_lr, n_inner_steps, path=path
+    )
+    eps = 1e-6
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):  # random directions: directional derivative vs central diff.
+        direction = {
+            k: torch.randn(v.shape, generator=generator, dtype=v.dtype)
+            for k, v in params.items()
+        }
+
+        def loss_at(sign, direction=direction):
+            shifted = {
+                k: (v + sign * eps * direction[k]).detach().requires_grad_()
+                for k, v in params.items()
+            }
+            return meta_loss_loop(
+                model, shifted, tasks, cross_entropy_loss, inner_lr, n_inner_steps
+            ).item()
+
+        numeric = (loss_at(+1) - loss_at(-1)) / (2 * eps)
+        analytic = (flat(g) * flat(direction)).sum().item()
+        assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+    assert flat(g).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("bn_scale", [False, True])
+def test_fast_paths_equal_loop(path, dtype, rtol, first_order, bn_scale):
+    """Also the trap of issue 3: torch 2.13's vmap gets the second-order gradient
+    through ``F.batch_norm`` wrong (here 8-25% off with an adapted gamma); the
+    elementary batch norm and the batched path are exact."""
+    model, params, tasks = small_problem(
+        dtype, n_tasks=4, n_way=5, n_filters=8, bn_scale=bn_scale
+    )
+    results = [
+        meta_gradient(
+            model, params, tasks, cross_entropy_loss, 0.4, 2, first_order, path=p
+        )
+        for p in ("loop", path)
+    ]
+    (loss_loop, g_loop), (loss_fast, g_fast) = results
+    torch.testing.assert_close(loss_fast, loss_loop, rtol=rtol, atol=0)
+    assert_grads_close(g_fast, g_loop, rtol)
+
+
+@pytest.mark.parametrize("path", ["loop", *FAST_PATHS])
+def test_first_order_is_second_order_minus_hessian_term(path):
+    """One inner step: g_2nd - g_1st = -alpha H_support(theta) g_query(theta')."""
+    model, params, tasks = small_problem(n_tasks=1, bn_scale=True)
+    inner_lr, loss_fn = 0.4, cross_entropy_loss
+    _, g2 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, False, path=path)
+    _, g1 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, True, path=path)
+    xs, ys, xq, yq = (
+        tasks.x_support[0],
+        tasks.y_support[0],
+        tasks.x_query[0],
+        tasks.y_query[0],
+    )
+    # Independent computation: Hessian-vector product by double backward.
+    adapted = adapt(model, params, xs, ys, loss_fn, inner_lr, 1)
+    g_query = torch.autograd.grad(
+        task_loss(model, adapted, xq, yq, loss_fn), tuple(adapted.values())
+    )
+    support_grad = torch.autograd.grad(
+        task_loss(model, params, xs, ys, loss_fn),
+        tuple(params.values()),
+        create_graph=True,
+    )
+    hvp = torch.autograd.grad(
+        support_grad, tuple(params.values()), grad_outputs=g_query
+    )
+    g_query, hvp = dict(zip(params, g_query)), dict(zip(params, hvp))
+    assert_grads_close(g1, g_query, 1e-10)
+    assert_grads_close(
+        {k: g2[k] - g1[k] for k in params},
+        {k: -inner_lr * h for k, h in hvp.items()},
+        1e-8,
+    )
+    assert flat(hvp).abs().max() > 1e-3  # the term is not negligible
+
+
+def test_batched_path_needs_forward_tasks():
+    from mamllib.maml import mse_loss
+    from mamllib.models import MLP
+    from mamllib.tasks import SinusoidTasks
+
+    model = MLP()
+    params = init_params(model, torch.Generator().manual_seed(0))
+    tasks = SinusoidTasks().sample(2, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="forward_tasks"):
+        meta_gradient(model, params, tasks, mse_loss, 0.01, 1, path="batched")
