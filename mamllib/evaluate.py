@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from mamllib.maml import LossFn, task_loss
-from mamllib.models import Params, detach_params
+from mamllib.models import Params, detach_params, forward
 from mamllib.tasks import SinusoidTasks, TaskBatch
 
 EVAL_SEED = 20170309  # fixed: the same evaluation tasks for every method and run
@@ -43,30 +43,49 @@ def adaptation_curve(
     loss_fn: LossFn,
     inner_lr: float,
     n_steps: int,
+    metric_fn: LossFn | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Query loss after 0..``n_steps`` SGD steps on each task's support set.
+    """Query loss (or ``metric_fn``) after 0..``n_steps`` SGD steps on each task.
 
     Each step reuses the same K support points, as in the paper's evaluation (§5.1).
     Tasks are batched with vmap; nothing here needs second derivatives.
 
+    Args:
+        metric_fn: ``metric_fn(prediction, y_query)`` to report instead of the loss,
+            e.g. :func:`mamllib.maml.accuracy`; adaptation always follows ``loss_fn``.
+        chunk_size: tasks per vmap call (bounds memory for image tasks); all at once
+            if None.
+
     Returns:
-        ``[n_tasks, n_steps + 1]`` losses; column j is after j steps.
+        ``[n_tasks, n_steps + 1]``; column j is after j steps.
     """
     params = detach_params(params, requires_grad=False)
+    metric_fn = metric_fn or loss_fn
 
     def one_task(xs, ys, xq, yq):
         support_grad = grad(lambda p: task_loss(model, p, xs, ys, loss_fn))
         adapted_params = params
-        losses = [task_loss(model, adapted_params, xq, yq, loss_fn)]
+        values = [metric_fn(forward(model, adapted_params, xq), yq)]
         for _ in range(n_steps):
             g = support_grad(adapted_params)
             adapted_params = {k: v - inner_lr * g[k] for k, v in adapted_params.items()}
-            losses.append(task_loss(model, adapted_params, xq, yq, loss_fn))
-        return torch.stack(losses)
+            values.append(metric_fn(forward(model, adapted_params, xq), yq))
+        return torch.stack(values)
 
-    return vmap(one_task)(
-        tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query
-    ).detach()
+    n = len(tasks)
+    size = chunk_size or n
+    return torch.cat(
+        [
+            vmap(one_task)(
+                tasks.x_support[i : i + size],
+                tasks.y_support[i : i + size],
+                tasks.x_query[i : i + size],
+                tasks.y_query[i : i + size],
+            ).detach()
+            for i in range(0, n, size)
+        ]
+    )
 
 
 def mean_ci(values: torch.Tensor) -> dict[str, float]:

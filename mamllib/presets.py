@@ -71,6 +71,73 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# Omniglot, paper §5.2 and App. A.1; cbfinn/maml where the paper is silent.
+_OMNIGLOT_COMMON: dict[str, Any] = {
+    "n_filters": 64,  # conv-4 with 64 filters, stride-2 convolutions (App. A.1)
+    "outer_lr": 1e-3,  # Adam; cbfinn/maml meta_lr=1e-3
+    "n_iterations": 60_000,  # App. A.1
+    "first_order": False,
+    "path": "vmap",  # "loop" is the readable per-task version
+    "scheme": "paper",  # 1200 training / 423 test characters (§5.2)
+    "rotations": True,  # rotations by multiples of 90 degrees as new classes (§5.2)
+    "n_eval_tasks": 600,  # cbfinn/maml test: 600 tasks, 95% CI
+    "n_eval_steps": 10,  # the curve over 0..10 steps (also reported)
+    "checkpoint_every": 1_000,
+    "log_every": 50,
+    "seed": 0,
+    "device": "cpu",
+}
+# 5-way: alpha 0.4, 1 step in training and 3 at test, meta-batch 32 (App. A.1).
+_OMNIGLOT_5WAY = {
+    **_OMNIGLOT_COMMON,
+    "n_way": 5,
+    "inner_lr": 0.4,
+    "n_inner_steps": 1,
+    "n_test_inner_steps": 3,
+    "meta_batch_size": 32,
+}
+# 20-way: alpha 0.1, 5 steps in training and at test, meta-batch 16 (App. A.1).
+_OMNIGLOT_20WAY = {
+    **_OMNIGLOT_COMMON,
+    "n_way": 20,
+    "inner_lr": 0.1,
+    "n_inner_steps": 5,
+    "n_test_inner_steps": 5,
+    "meta_batch_size": 16,
+}
+
+
+def _omniglot_presets(paper: dict[str, Any], k_shot: int) -> dict[str, dict[str, Any]]:
+    # The query set has K examples per class, as cbfinn/maml's Omniglot generator.
+    paper = {**paper, "k_shot": k_shot, "n_query": k_shot}
+    return {
+        "paper": paper,
+        # Minutes on a laptop CPU: enough to be far above chance, not the paper's.
+        "book": {
+            **paper,
+            "n_iterations": 1_000,
+            "n_eval_tasks": 200,
+            "checkpoint_every": 250,
+        },
+        # Seconds: shows learning, nothing more.
+        "ci": {
+            **paper,
+            "n_iterations": 60,
+            "meta_batch_size": 4,
+            "n_eval_tasks": 20,
+            "n_eval_steps": 3,
+            "checkpoint_every": 30,
+            "log_every": 10,
+        },
+    }
+
+
+PRESETS["omniglot-5way-1shot"] = _omniglot_presets(_OMNIGLOT_5WAY, 1)
+PRESETS["omniglot-5way-5shot"] = _omniglot_presets(_OMNIGLOT_5WAY, 5)
+PRESETS["omniglot-20way-1shot"] = _omniglot_presets(_OMNIGLOT_20WAY, 1)
+PRESETS["omniglot-20way-5shot"] = _omniglot_presets(_OMNIGLOT_20WAY, 5)
+
+
 def resolve_preset(value: str) -> str:
     """The preset to use: ``MAMLLIB_PRESET`` if set, else ``value``; validated."""
     name = os.environ.get(ENV_VAR) or value
@@ -118,6 +185,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "k_shot": _int_at_least(1),
     "n_query": _int_at_least(1),
     "n_inner_steps": _int_at_least(1),
+    "n_test_inner_steps": _int_at_least(0),
+    "n_way": _int_at_least(2),
+    "n_filters": _int_at_least(1),
+    "scheme": (lambda v: v in ("paper", "original"), "'paper' or 'original'"),
+    "rotations": (lambda v: isinstance(v, bool), "True or False"),
     "meta_batch_size": _int_at_least(1),
     "n_iterations": _int_at_least(0),
     "pretrain_iterations": _int_at_least(0),
@@ -132,7 +204,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "inner_lr": _positive_float(),
     "outer_lr": _positive_float(),
     "first_order": (lambda v: isinstance(v, bool), "True or False"),
-    "path": (lambda v: v in ("loop", "vmap"), "'loop' or 'vmap'"),
+    "path": (
+        lambda v: v in ("loop", "vmap", "batched"),
+        "'loop', 'vmap' or 'batched' (batched: models with forward_tasks only)",
+    ),
     "device": (_cuda_ok, "'cpu', or 'cuda' when a CUDA GPU is available"),
     "hidden_sizes": (
         lambda v: (

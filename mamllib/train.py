@@ -79,6 +79,7 @@ def fit(
     fingerprint: dict | None = None,
     desc: str = "training",
     clip_grad: float | None = None,
+    time_limit_s: float | None = None,
 ) -> FitResult:
     """Minimise ``objective`` with Adam(``outer_lr``) for ``n_iterations`` batches.
 
@@ -94,6 +95,9 @@ def fit(
         fingerprint: settings that must match to resume (e.g. the config); a
             checkpoint made with other settings is refused, never silently mixed.
         clip_grad: clip each gradient element to [-clip_grad, clip_grad] if given.
+        time_limit_s: stop (with a checkpoint) after this many seconds of this call;
+            the result's ``iterations`` says how far it got, and calling again with
+            the same checkpoint continues.
 
     Raises:
         FloatingPointError: the loss became NaN/inf; the last good checkpoint is kept.
@@ -195,6 +199,8 @@ def fit(
             if completed % checkpoint_every == 0:
                 save(completed, window)
                 last_saved = completed
+            if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+                break
     except KeyboardInterrupt:
         # Nothing lost on Ctrl-C: save the last completed iteration. If the interrupt
         # came before this iteration's update, rewind the batch stream to match.
@@ -205,13 +211,13 @@ def fit(
         raise
     finally:
         bar.close()
-    if last_saved != n_iterations:
-        save(n_iterations, window)
+    if last_saved != completed:
+        save(completed, window)
     wall = wall_before + time.perf_counter() - t0
     return FitResult(
         detach_params(params, requires_grad=False),
         history,
-        n_iterations,
+        completed,
         wall,
         resumed_from,
     )

@@ -455,3 +455,22 @@ def test_network_error_names_the_url_and_the_local_alternative(tmp_path, monkeyp
     assert om.URLS[om.ARCHIVES[0]] in message and "no route to host" in message
     assert om.DATA_ENV in message
     assert leftovers(tmp_path) == []
+
+
+def test_maml_on_omniglot_learns_well_above_chance_in_a_short_run(
+    train_tasks, test_tasks, monkeypatch
+):
+    """ci preset (60 meta-iterations of 4 tasks): far from the paper, far above 1/5."""
+    from mamllib.fewshot import evaluate_maml, train_maml
+    from mamllib.presets import make_config
+
+    monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
+    config = make_config("omniglot-5way-1shot", "ci")
+    result = train_maml(config, train_tasks)
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    evaluation = evaluate_maml(result.params, test_tasks, config)
+    at_test = evaluation["at_test_steps"]  # after 3 inner steps, as the paper tests
+    assert at_test["n"] == config["n_eval_tasks"]
+    assert at_test["mean"] - at_test["ci95"] > 1 / config["n_way"] + 0.1, at_test
+    # Adaptation is what does it: before any inner step the net is near chance.
+    assert evaluation["steps"][0]["mean"] < at_test["mean"] - 0.15, evaluation["steps"]

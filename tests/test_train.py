@@ -159,3 +159,14 @@ def test_run_folder_lives_under_the_repo_root_and_writes_atomically(
     manifest = write_manifest(run.path, command="x")
     files = json.loads(manifest.read_text())["files"]
     assert "metrics.json" in files and len(files["metrics.json"]) == 64
+
+
+def test_time_limit_stops_with_a_checkpoint_and_a_rerun_continues(tmp_path):
+    straight = tiny_fit(30)
+    partial = tiny_fit(30, checkpoint=tmp_path / "ck.pt", time_limit_s=0.0)
+    assert partial.iterations == 1  # stops after the first iteration past the limit
+    assert torch.load(tmp_path / "ck.pt", weights_only=False)["iteration"] == 1
+    resumed = tiny_fit(30, checkpoint=tmp_path / "ck.pt")
+    assert resumed.iterations == 30
+    for k in straight.params:
+        assert torch.equal(straight.params[k], resumed.params[k])
