@@ -114,6 +114,7 @@ def make_artifact(
         notebook_wall_time_s=round(wall_time_s, 1),
         training_wall_time_s=metrics.get("training_wall_time_s"),
         created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        note=note,
         run_folder=str(run.path.relative_to(repo_root()))
         if run.path.is_relative_to(repo_root())
         else str(run.path),

@@ -44,6 +44,7 @@ def test_papermill_run_of_the_sinusoid_chapter_writes_sound_metrics(
     assert "checkpoint-maml.pt" not in manifest["files"]
     assert {"metrics.json", "params-maml.pt"} <= set(manifest["files"])
     assert manifest["training_wall_time_s"] > 0 and manifest["command"]
+    assert manifest["note"] == "how"
 
 
 def test_cli_refuses_bad_input_before_running(tmp_path, capsys):
