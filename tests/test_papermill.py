@@ -38,7 +38,7 @@ def test_papermill_run_of_the_sinusoid_chapter_writes_sound_metrics(
     # The artifact step copies only small files and records how they were made.
     monkeypatch.setenv("MAMLLIB_ROOT", str(results_dir.parent))
     target = make_artifact(
-        run, "test-artifact", "python -m mamllib.cli run ...", seconds
+        run, "test-artifact", "python -m mamllib.cli run ...", seconds, note="how"
     )
     manifest = json.loads((target / "manifest.json").read_text())
     assert "checkpoint-maml.pt" not in manifest["files"]
