@@ -13,6 +13,13 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 PRESET ?= book
+# Where datasets are read from (the Omniglot chapter): a local copy if one sits beside the
+# repository, as in CI; otherwise mamllib downloads from the official source.
+ifeq ($(origin MAMLLIB_DATA), undefined)
+  ifneq ($(wildcard $(CURDIR)/../shared/data/omniglot),)
+    export MAMLLIB_DATA := $(abspath $(CURDIR)/../shared/data)
+  endif
+endif
 
 .PHONY: setup book test test-unit test-notebooks test-book lint lab clean benchmark
 
