@@ -74,6 +74,7 @@ from urllib.request import urlopen
 import numpy as np
 import torch
 
+from mamllib.batch import Batch
 from mamllib.runs import save_torch
 
 DATA_ENV = "MAMLLIB_DATA"
@@ -532,7 +533,7 @@ def split_characters(
 
 
 @dataclass
-class Episodes:
+class Episodes(Batch):
     """A meta-batch of N-way K-shot classification tasks, stacked on a task axis.
 
     Shapes: ``x_support`` ``[n_tasks, n_way * k_shot, 1, 28, 28]`` float in [0, 1]
@@ -550,24 +551,6 @@ class Episodes:
     y_query: torch.Tensor
     classes: torch.Tensor
     drawings: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.x_support.shape[0]
-
-    def task(self, i: int) -> Episodes:
-        """Task ``i`` alone, keeping a task axis of length 1."""
-        return Episodes(**{k: v[i : i + 1] for k, v in vars(self).items()})
-
-    def to(
-        self, device: str | torch.device, dtype: torch.dtype | None = None
-    ) -> Episodes:
-        """The same tasks on ``device``; ``dtype`` applies to the images only."""
-        return Episodes(
-            **{
-                k: v.to(device=device, dtype=dtype if v.is_floating_point() else None)
-                for k, v in vars(self).items()
-            }
-        )
 
 
 class OmniglotTasks:

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from mamllib.batch import Batch
+
 
 @dataclass
-class TaskBatch:
+class TaskBatch(Batch):
     """A meta-batch of regression tasks, stacked on a leading task axis.
 
     Shapes: ``x_support``/``y_support`` are ``[n_tasks, k_shot, 1]``,
@@ -26,21 +28,6 @@ class TaskBatch:
     y_query: torch.Tensor
     amplitude: torch.Tensor
     phase: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.x_support.shape[0]
-
-    def task(self, i: int) -> TaskBatch:
-        """Task ``i`` alone, keeping a task axis of length 1."""
-        return TaskBatch(**{k: v[i : i + 1] for k, v in vars(self).items()})
-
-    def to(
-        self, device: str | torch.device, dtype: torch.dtype | None = None
-    ) -> TaskBatch:
-        """The same tasks on ``device`` (and ``dtype`` for floating tensors)."""
-        return TaskBatch(
-            **{k: v.to(device=device, dtype=dtype) for k, v in vars(self).items()}
-        )
 
 
 class SinusoidTasks:
