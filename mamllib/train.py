@@ -110,7 +110,9 @@ def fit(
     fingerprint = fingerprint or {}
 
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
+        # map_location: a checkpoint written on a GPU resumes on a CPU and back.
+        device = next(iter(params.values())).device
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
         if state["fingerprint"] != fingerprint:
             changed = sorted(
                 k
@@ -126,7 +128,7 @@ def fit(
             for k, v in state["params"].items():
                 params[k].copy_(v)
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
         history, start, window = state["history"], state["iteration"], state["window"]
         wall_before = state.get("wall_time_s", 0.0)
         resumed_from = start
