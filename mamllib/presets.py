@@ -140,6 +140,58 @@ PRESETS["omniglot-20way-1shot"] = _omniglot_presets(_OMNIGLOT_20WAY, 1)
 PRESETS["omniglot-20way-5shot"] = _omniglot_presets(_OMNIGLOT_20WAY, 5)
 
 
+# 2D navigation, paper §5.3 and App. A.2 (mamllib/rl; notebook 09). Where cbfinn/maml_rl
+# differs: maml_trpo_point.py uses fast_learning_rates=[0.5], meta_batch_size=40 and
+# n_itr=100; we follow the paper (alpha 0.1, meta-batch 20, up to 500 iterations).
+_NAVIGATION_PAPER: dict[str, Any] = {
+    "hidden_sizes": [100, 100],  # App. A.2: 2 hidden layers of 100 ReLU
+    "n_traj": 20,  # trajectories per task for the inner step (and for D')
+    "horizon": 100,  # H = 100
+    "reward": "distance",  # -||s - g|| as cbfinn/maml_rl; see mamllib/rl/envs.py
+    "inner_lr": 0.1,  # alpha; at evaluation alpha, then alpha / 2 (§5.3)
+    "first_order": False,  # differentiate through the inner policy-gradient step
+    "meta_batch_size": 20,  # tasks per meta-iteration (navigation)
+    "discount": 0.99,  # rllab default, cbfinn/maml_rl
+    "max_kl": 0.01,  # TRPO step size delta (meta_step_size=0.01)
+    "cg_iters": 10,  # rllab ConjugateGradientOptimizer
+    "cg_damping": 1e-5,  # rllab reg_coeff
+    "n_iterations": 500,  # "up to 500 meta-iterations" (§5.3)
+    "pretrain_iterations": 500,  # TRPO on all tasks jointly, no inner step
+    "oracle_iterations": 500,  # TRPO with the goal observed
+    "path": "vmap",  # fast path; "loop" is the readable per-task version
+    "n_eval_tasks": 100,  # fresh test goals from a fixed evaluation seed
+    "n_eval_traj": 40,  # Figure 4: updates of 40 samples each at evaluation
+    "n_eval_steps": 3,  # returns after 0, 1, 2, 3 policy-gradient steps
+    "checkpoint_every": 10,
+    "seed": 0,
+    "device": "cpu",
+}
+PRESETS["navigation"] = {
+    "paper": _NAVIGATION_PAPER,
+    # A few minutes on a laptop CPU: MAML clearly adapts, not the paper's numbers.
+    "book": {
+        **_NAVIGATION_PAPER,
+        "meta_batch_size": 10,
+        "n_iterations": 40,
+        "pretrain_iterations": 40,
+        "oracle_iterations": 40,
+        "n_eval_tasks": 40,
+    },
+    # Seconds on one core: shows the machinery and that adaptation helps.
+    "ci": {
+        **_NAVIGATION_PAPER,
+        "meta_batch_size": 5,
+        "n_traj": 10,
+        "n_iterations": 8,
+        "pretrain_iterations": 4,
+        "oracle_iterations": 4,
+        "n_eval_tasks": 10,
+        "n_eval_traj": 10,
+        "checkpoint_every": 4,
+    },
+}
+
+
 def resolve_preset(value: str) -> str:
     """The preset to use: ``MAMLLIB_PRESET`` if set, else ``value``; validated."""
     name = os.environ.get(ENV_VAR) or value
@@ -211,6 +263,17 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "'loop', 'vmap' or 'batched' (batched: models with forward_tasks only)",
     ),
     "device": (_cuda_ok, "'cpu', or 'cuda' when a CUDA GPU is available"),
+    "n_traj": _int_at_least(1),
+    "horizon": _int_at_least(1),
+    "n_eval_traj": _int_at_least(1),
+    "cg_iters": _int_at_least(1),
+    "max_kl": _positive_float(),
+    "cg_damping": _positive_float(),
+    "discount": (
+        lambda v: _positive_float()[0](v) and v <= 1,
+        "a number in (0, 1]",
+    ),
+    "reward": (lambda v: v in ("distance", "squared"), "'distance' or 'squared'"),
     "hidden_sizes": (
         lambda v: (
             isinstance(v, (list, tuple))

@@ -1,0 +1,346 @@
+"""2D navigation with MAML-TRPO: meta-training, the baselines, evaluation (top floor).
+
+The side effects live here: progress bar, checkpoints (atomic, with the random stream's
+state, saved on Ctrl-C and at a time limit, so a resumed run continues exactly), the
+history. Methods (paper §5.3):
+
+* ``maml``: TRPO on the post-update surrogate through one policy-gradient step;
+* ``pretrained``: TRPO on all tasks jointly (no inner step), later fine-tuned;
+* ``oracle``: TRPO with the goal in the observation; not adapted;
+* ``random``: the initial parameters, fine-tuned (needs no training).
+
+Notebook 09 walks through it; ``scripts/train_navigation.py`` runs it headlessly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mamllib.evaluate import EVAL_SEED, summarize_curve
+from mamllib.models import MLP, Params
+from mamllib.rl.envs import Navigation2D, sample_goals
+from mamllib.rl.metarl import (
+    META_OBJECTIVES,
+    PGData,
+    adapted_policies,
+    meta_trpo_problem,
+)
+from mamllib.rl.policy import init_policy_params, per_task_mean, policy_model
+from mamllib.rl.rollouts import Trajectories, advantages, sample_trajectories
+from mamllib.rl.trpo import TRPOStats, direct_problem, trpo_step
+from mamllib.runs import save_torch
+from mamllib.tasks import make_generator
+from mamllib.train import FitResult, progress_enabled
+
+METHODS = ("maml", "pretrained", "oracle")
+
+# Settings that do not change what training computes (a checkpoint stays valid).
+_NOT_TRAINING = {
+    "preset",
+    "n_iterations",
+    "pretrain_iterations",
+    "oracle_iterations",
+    "checkpoint_every",
+    "n_eval_tasks",
+    "n_eval_traj",
+    "n_eval_steps",
+    "device",
+    "path",
+}
+
+
+def models(config: dict[str, Any]) -> dict[str, MLP]:
+    """Mean networks: 2 -> 100 -> 100 -> 2; the oracle sees the goal too (4 inputs)."""
+    hidden = tuple(config["hidden_sizes"])
+    return {
+        "maml": policy_model(2, 2, hidden),
+        "pretrained": policy_model(2, 2, hidden),
+        "random": policy_model(2, 2, hidden),
+        "oracle": policy_model(4, 2, hidden),
+    }
+
+
+def initial_params(method: str, config: dict[str, Any]) -> Params:
+    """The method's starting point, from the run's ``init`` stream."""
+    return init_policy_params(
+        models(config)[method], make_generator(config["seed"], "init")
+    )
+
+
+def process(traj: Trajectories, config: dict[str, Any]) -> PGData:
+    """Trajectories -> policy-gradient data (advantages from the per-task baseline)."""
+    return PGData(
+        traj.obs,
+        traj.actions,
+        advantages(traj, config["discount"]),
+        traj.mask,
+    )
+
+
+def with_old_policy(model: MLP, params: Params, traj, config) -> PGData:
+    """:func:`process` plus the sampling policy's mean and log std, per task."""
+    data = process(traj, config)
+    n = len(traj)
+    with torch.no_grad():
+        if params["log_std"].dim() == 2:
+            mean = per_task_mean(model, params, traj.obs)
+            log_std = params["log_std"]
+        else:
+            from mamllib.rl.policy import policy_mean
+
+            mean = policy_mean(model, params, traj.obs)
+            log_std = params["log_std"].expand(n, -1)
+    data.old_mean, data.old_log_std = mean.detach(), log_std.detach()
+    return data
+
+
+def meta_iteration(
+    method: str,
+    model: MLP,
+    params: Params,
+    config: dict[str, Any],
+    generator: torch.Generator,
+) -> tuple[Params, dict[str, float]]:
+    """One TRPO iteration of ``method``: sample goals and trajectories, update.
+
+    Returns the new parameters and the iteration's statistics (average returns before
+    and after the inner step, the KL reached, the line-search step taken).
+    """
+    goals = sample_goals(config["meta_batch_size"], generator)
+    env = Navigation2D(
+        goals, config["n_traj"], config["reward"], oracle=(method == "oracle")
+    )
+    traj = sample_trajectories(model, params, env, config["horizon"], generator)
+    stats = {"return_pre": traj.returns().mean().item()}
+    if method == "maml":
+        pre = process(traj, config)
+        adapted = adapted_policies(model, params, pre, config["inner_lr"])
+        traj_post = sample_trajectories(
+            model, adapted, env, config["horizon"], generator
+        )
+        post = with_old_policy(model, adapted, traj_post, config)
+        stats["return_post"] = traj_post.returns().mean().item()
+        lr, first_order = config["inner_lr"], config["first_order"]
+    else:
+        pre, post, lr, first_order = (
+            None,
+            with_old_policy(model, params, traj, config),
+            0.0,
+            True,
+        )
+    meta_objective = META_OBJECTIVES[config["path"]]
+
+    def evaluate(p):
+        # Values only: a first-order inner step computes the same numbers cheaper.
+        return meta_objective(model, p, pre, post, lr, True)
+
+    if config["path"] == "loop":  # readable: plain autograd, third derivatives
+        loss, gradient, hvp = direct_problem(
+            params, lambda p: meta_objective(model, p, pre, post, lr, first_order)
+        )
+    else:
+        loss, gradient, hvp = meta_trpo_problem(
+            model, params, pre, post, lr, first_order
+        )
+    params, step = trpo_step(
+        params,
+        loss,
+        gradient,
+        hvp,
+        evaluate,
+        max_kl=config["max_kl"],
+        cg_iters=config["cg_iters"],
+        damping=config["cg_damping"],
+    )
+    stats.update(kl=step.kl_after, step_fraction=step.step_fraction)
+    return params, stats
+
+
+def train_policy(
+    method: str,
+    config: dict[str, Any],
+    checkpoint: Path | None = None,
+    desc: str | None = None,
+    time_limit_s: float | None = None,
+) -> FitResult:
+    """Train ``method`` (``maml``, ``pretrained`` or ``oracle``) per ``config``.
+
+    Resumes from ``checkpoint`` if it exists (refusing one made with other settings);
+    saves it atomically every ``checkpoint_every`` iterations, at the end, at the time
+    limit and on Ctrl-C. The goals and the action noise come from the run's ``tasks``
+    stream, whose state is checkpointed, so a resumed run matches an uninterrupted one.
+    """
+    from tqdm import tqdm
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    n_iterations = {
+        "maml": config["n_iterations"],
+        "pretrained": config["pretrain_iterations"],
+        "oracle": config["oracle_iterations"],
+    }[method]
+    model = models(config)[method]
+    params = initial_params(method, config)
+    generator = make_generator(config["seed"], "tasks")
+    fingerprint = {k: v for k, v in config.items() if k not in _NOT_TRAINING}
+    fingerprint["method"] = method
+    history: dict[str, list[float]] = {}
+    start, resumed_from, wall_before = 0, None, 0.0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            changed = sorted(
+                k
+                for k in set(state["fingerprint"]) | set(fingerprint)
+                if state["fingerprint"].get(k) != fingerprint.get(k)
+            )
+            raise ValueError(
+                f"checkpoint {checkpoint} was made with different settings "
+                f"({changed}); delete it or use another run folder to start afresh"
+            )
+        if state["iteration"] > n_iterations:
+            raise ValueError(
+                f"checkpoint {checkpoint} is at iteration {state['iteration']}, past "
+                f"{n_iterations}; raise the iterations or use another run folder"
+            )
+        params = {k: v.clone().requires_grad_(True) for k, v in state["params"].items()}
+        generator.set_state(state["generator"])
+        history, start = state["history"], state["iteration"]
+        wall_before, resumed_from = state["wall_time_s"], start
+    t0 = time.perf_counter()
+
+    def save(iteration: int) -> None:
+        if checkpoint is not None:
+            save_torch(
+                checkpoint,
+                {
+                    "params": {k: v.detach() for k, v in params.items()},
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "iteration": iteration,
+                    "fingerprint": fingerprint,
+                    "wall_time_s": wall_before + time.perf_counter() - t0,
+                },
+            )
+
+    bar = tqdm(
+        total=n_iterations,
+        initial=start,
+        desc=desc or method,
+        disable=not progress_enabled(),
+        mininterval=1.0,
+        dynamic_ncols=True,
+    )
+    completed = last_saved = start
+    try:
+        for iteration in range(start, n_iterations):
+            generator_before = generator.get_state()
+            new_params, stats = meta_iteration(method, model, params, config, generator)
+            if not all(torch.isfinite(v).all() for v in new_params.values()):
+                raise FloatingPointError(
+                    f"{desc or method}: parameters became NaN/inf at iteration "
+                    f"{iteration}; the last checkpoint (iteration {last_saved}) is kept"
+                )
+            params, completed = new_params, iteration + 1
+            history.setdefault("iteration", []).append(completed)
+            for k, v in stats.items():
+                history.setdefault(k, []).append(v)
+            bar.set_postfix(
+                {k: f"{v:.2f}" for k, v in stats.items() if k.startswith("return")}
+            )
+            bar.update(1)
+            if completed % config["checkpoint_every"] == 0:
+                save(completed)
+                last_saved = completed
+            if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+                break
+    except KeyboardInterrupt:
+        # Save the last completed iteration; if the interrupt came mid-iteration, the
+        # random stream is rewound to where that iteration began.
+        if completed != last_saved:
+            if completed == iteration:
+                generator.set_state(generator_before)
+            save(completed)
+        raise
+    finally:
+        bar.close()
+    if completed != last_saved:
+        save(completed)
+    return FitResult(
+        {k: v.detach() for k, v in params.items()},
+        history,
+        completed,
+        wall_before + time.perf_counter() - t0,
+        resumed_from,
+    )
+
+
+def evaluation_goals(n_tasks: int, seed: int = EVAL_SEED) -> torch.Tensor:
+    """Fixed test goals: the same for every method and run."""
+    return sample_goals(n_tasks, torch.Generator().manual_seed(seed))
+
+
+def adaptation_returns(
+    method: str,
+    params: Params,
+    config: dict[str, Any],
+    goals: torch.Tensor | None = None,
+    keep_paths: int = 0,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Average return on each test task after 0..``n_eval_steps`` policy-gradient
+    steps (step size alpha, then alpha/2, as the paper), ``n_eval_traj`` trajectories
+    per step; the oracle is not adapted.
+
+    Returns:
+        ``(returns [n_tasks, n_steps + 1], paths)`` where ``paths[j]`` holds the
+        positions ``[keep_paths, n_traj, T + 1, 2]`` of the first tasks after j steps.
+    """
+    goals = evaluation_goals(config["n_eval_tasks"]) if goals is None else goals
+    model = models(config)[method]
+    generator = torch.Generator().manual_seed(EVAL_SEED + 1)
+    env = Navigation2D(
+        goals, config["n_eval_traj"], config["reward"], oracle=(method == "oracle")
+    )
+    params = {k: v.detach() for k, v in params.items()}
+    columns, paths = [], []
+    for step in range(config["n_eval_steps"] + 1):
+        traj = sample_trajectories(model, params, env, config["horizon"], generator)
+        columns.append(traj.returns().mean(1))
+        paths.append(traj.positions[:keep_paths])
+        if method == "oracle":  # given the goal, it has nothing to adapt
+            columns += [columns[0]] * config["n_eval_steps"]
+            paths += [paths[0]] * config["n_eval_steps"]
+            break
+        if step < config["n_eval_steps"]:
+            lr = config["inner_lr"] * (1.0 if step == 0 else 0.5)
+            params = adapted_policies(model, params, process(traj, config), lr)
+    return torch.stack(columns, dim=1), paths
+
+
+def evaluate_methods(
+    trained: dict[str, Params], config: dict[str, Any], keep_paths: int = 0
+) -> dict[str, Any]:
+    """:func:`adaptation_returns` for every method; metrics with mean/std/95% CI over
+    the test tasks, JSON-ready."""
+    curves, paths, metrics = {}, {}, {}
+    for method, params in trained.items():
+        curves[method], paths[method] = adaptation_returns(
+            method, params, config, keep_paths=keep_paths
+        )
+        metrics[method] = {"steps": summarize_curve(curves[method])}
+    return {"curves": curves, "paths": paths, "metrics": metrics}
+
+
+__all__ = [
+    "TRPOStats",
+    "adaptation_returns",
+    "evaluate_methods",
+    "evaluation_goals",
+    "meta_iteration",
+    "models",
+    "train_policy",
+]
