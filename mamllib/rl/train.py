@@ -344,3 +344,53 @@ __all__ = [
     "models",
     "train_policy",
 ]
+
+
+def save_results(
+    run,
+    config: dict[str, Any],
+    results: dict[str, FitResult],
+    evaluation: dict[str, Any],
+    evaluation_wall_time_s: float | None = None,
+) -> dict[str, Any]:
+    """Write ``metrics.json``, ``history.json`` and ``params-<method>.pt`` to ``run``.
+
+    ``metrics["status"]`` says ``complete`` only for the paper preset with every
+    method at its full number of iterations; otherwise how far each got.
+    """
+    targets = {
+        "maml": config["n_iterations"],
+        "pretrained": config["pretrain_iterations"],
+        "oracle": config["oracle_iterations"],
+    }
+    reached = {m: r.iterations for m, r in results.items()}
+    complete = config["preset"] == "paper" and all(
+        reached[m] >= targets[m] for m in reached
+    )
+    status = (
+        "complete"
+        if complete
+        else f"partial: {config['preset']} preset, iterations reached "
+        + ", ".join(f"{m} {reached[m]} of {targets[m]}" for m in reached)
+    )
+    metrics = {
+        "status": status,
+        "iterations": reached,
+        "training_wall_time_s": {
+            m: round(r.wall_time_s, 1) for m, r in results.items()
+        },
+        "s_per_iteration": {
+            m: round(r.wall_time_s / max(r.iterations, 1), 2)
+            for m, r in results.items()
+        },
+        "evaluation_wall_time_s": evaluation_wall_time_s,
+        "n_eval_tasks": config["n_eval_tasks"],
+        "n_eval_traj": config["n_eval_traj"],
+        "returns": evaluation["metrics"],
+        "paper_appendix_c_maml": [-40.41, -11.68, -3.33, -3.23],
+    }
+    run.write_json("metrics.json", metrics)
+    run.write_json("history.json", {m: r.history for m, r in results.items()})
+    for method, result in results.items():
+        save_torch(run.file(f"params-{method}.pt"), result.params)
+    return metrics

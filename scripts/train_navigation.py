@@ -1,0 +1,69 @@
+"""Meta-train MAML and the baselines on 2D navigation headlessly (resumable), evaluate.
+
+Writes into the run folder notebook 09 uses, ``results/09-meta-rl-navigation/<preset>/
+seed-<n>/``: ``checkpoint-<method>.pt``, ``config.json``, ``history.json``,
+``metrics.json`` (returns after 0..3 steps with 95% CI, iterations reached, wall time),
+``params-<method>.pt``. Run it again to continue from the checkpoints; Ctrl-C saves.
+
+    nice -n 10 python scripts/train_navigation.py --preset paper --time-limit 2700
+"""
+
+import argparse
+import time
+
+import torch
+
+from mamllib.presets import make_config
+from mamllib.rl.train import (
+    METHODS,
+    evaluate_methods,
+    initial_params,
+    save_results,
+    train_policy,
+)
+from mamllib.runs import RunFolder
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--preset", default="paper")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--threads", type=int, default=1)
+parser.add_argument("--path", default=None, help="vmap (fast) | loop (readable)")
+parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+parser.add_argument(
+    "--time-limit",
+    type=float,
+    nargs="+",
+    default=None,
+    help="seconds of training per method in this call (one value, or one per "
+    "method); each then checkpoints and stops, and a later call continues",
+)
+args = parser.parse_args()
+torch.set_num_threads(args.threads)
+config = make_config("navigation", args.preset, seed=args.seed, path=args.path)
+run = RunFolder("09-meta-rl-navigation", config["preset"], config["seed"])
+run.write_json("config.json", config)
+limits = args.time_limit or [None]
+if len(limits) == 1:
+    limits = limits * len(args.methods)
+results = {}
+for method, limit in zip(args.methods, limits):
+    results[method] = train_policy(
+        method, config, run.checkpoint(method), time_limit_s=limit
+    )
+    r = results[method]
+    print(
+        f"{method}: {r.iterations} iterations, {r.wall_time_s:.0f} s in all, "
+        f"resumed from {r.resumed_from}",
+        flush=True,
+    )
+t0 = time.perf_counter()
+trained = {m: r.params for m, r in results.items()}
+trained["random"] = initial_params("random", config)
+evaluation = evaluate_methods(trained, config)
+metrics = save_results(
+    run, config, results, evaluation, round(time.perf_counter() - t0, 1)
+)
+print(metrics["status"])
+for method, values in metrics["returns"].items():
+    steps = " / ".join(f"{s['mean']:.2f} +- {s['ci95']:.2f}" for s in values["steps"])
+    print(f"{method:>10}: {steps}", flush=True)
