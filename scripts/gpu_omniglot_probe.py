@@ -4,6 +4,11 @@ Prints ms per meta-iteration (meta-gradient + Adam step) for each path and, last
 name of the fastest, for a shell script to use:
 
     PATH_NAME=$(python scripts/gpu_omniglot_probe.py --device cuda | tail -1)
+
+On CUDA it then recomputes the first gradients with TF32 off (PyTorch lets cuDNN use
+TF32 for float32 convolutions by default, a 10-bit mantissa) and in float64, to tell
+whether the paths' float32 disagreement on a GPU (up to 0.7 max abs seen on an H200)
+is TF32 rounding or a real difference.
 """
 
 import argparse
@@ -62,4 +67,39 @@ for path in ("loop", "vmap", "batched"):
     times[path] = 1000 * sorted(runs[2:])[len(runs[2:]) // 2]
     diff = max((grads[path][k] - grads["loop"][k]).abs().max().item() for k in p)
     print(f"{path}: {times[path]:.1f} ms/iteration, max |grad - loop grad| {diff:.2e}")
+
+
+def first_gradients(dtype: torch.dtype) -> dict[str, dict[str, torch.Tensor]]:
+    p = {k: v.detach().to(dtype).requires_grad_() for k, v in params.items()}
+    b = batch.to(args.device, dtype=dtype)
+    return {
+        path: meta_gradient(
+            model,
+            p,
+            b,
+            cross_entropy_loss,
+            config["inner_lr"],
+            config["n_inner_steps"],
+            path=path,
+        )[1]
+        for path in ("loop", "vmap", "batched")
+    }
+
+
+if args.device.startswith("cuda"):
+    print(
+        f"TF32 as run above: cudnn {torch.backends.cudnn.allow_tf32}, "
+        f"matmul {torch.backends.cuda.matmul.allow_tf32}"
+    )
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for dtype in (torch.float32, torch.float64):
+        g = first_gradients(dtype)
+        for path in ("vmap", "batched"):
+            diff = max((g[path][k] - g["loop"][k]).abs().max().item() for k in g[path])
+            scale = max(g["loop"][k].abs().max().item() for k in g[path])
+            print(
+                f"TF32 off, {dtype}: {path} max |grad - loop grad| {diff:.2e} "
+                f"(largest |loop grad| {scale:.2e})"
+            )
 print(min(times, key=times.get))
