@@ -1,21 +1,28 @@
-"""Few-shot image classification with MAML (paper §5.2): the Omniglot experiments.
+"""Few-shot image classification with MAML (paper §5.2): Omniglot and MiniImageNet.
 
 Glue on the top floor, like :mod:`mamllib.sinusoid`: a config from
-``presets.make_config("omniglot-5way-1shot", ...)`` becomes a trained conv-4 with
-checkpoints in a run folder, scored on fixed test tasks (accuracy mean and 95% CI).
-The chapter on Omniglot walks through it; papermill runs it at scale.
+``presets.make_config("omniglot-5way-1shot", ...)`` (or ``"miniimagenet-5way-1shot"``)
+becomes a trained conv-4 with checkpoints in a run folder, scored on fixed test tasks
+(accuracy mean and 95% CI). The chapters on Omniglot (07) and MiniImageNet (08) walk
+through it; papermill and ``scripts/train_*.py`` run it at scale.
+
+MiniImageNet adds three things, all read from the config so Omniglot is unchanged:
+the model variant (``max_pool``, ``in_channels``, ``image_size``), clipping of the
+meta-gradient (``clip_grad``), and checkpoint selection on validation tasks
+(``train_maml(..., val_tasks=...)``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
-from mamllib.evaluate import EVAL_SEED, adaptation_curve, summarize_curve
+from mamllib.evaluate import EVAL_SEED, VAL_SEED, adaptation_curve, summarize_curve
 from mamllib.maml import accuracy, cross_entropy_loss
 from mamllib.models import Conv4, Params, init_params
-from mamllib.runs import RunFolder
+from mamllib.runs import RunFolder, save_torch
 from mamllib.tasks import make_generator
 from mamllib.train import FitResult, fit, meta_objective
 
@@ -29,17 +36,23 @@ _NOT_TRAINING = {
     "n_test_inner_steps",
     "device",
     "path",
+    "n_val_tasks",  # checkpoint selection reads the run, never changes it
+    "n_eval_query",
 }
 
 
 def model_for(config: dict[str, Any]) -> Conv4:
-    """The conv-4 skeleton for Omniglot (28x28 grey, stride-2 convolutions)."""
+    """The conv-4 skeleton a config asks for.
+
+    Omniglot (the default): 28x28 grey, stride-2 convolutions. MiniImageNet's presets
+    set ``max_pool=True, in_channels=3, image_size=84`` (and 32 filters).
+    """
     return Conv4(
         config["n_way"],
-        in_channels=1,
+        in_channels=config.get("in_channels", 1),
         n_filters=config["n_filters"],
-        image_size=28,
-        max_pool=False,
+        image_size=config.get("image_size", 28),
+        max_pool=config.get("max_pool", False),
     )
 
 
@@ -49,11 +62,23 @@ def train_maml(
     run: RunFolder | None = None,
     desc: str = "maml",
     time_limit_s: float | None = None,
+    val_tasks=None,
 ) -> FitResult:
     """Meta-train the conv-4 with MAML on episodes from ``tasks`` (the train split).
 
     Resumes from ``run``'s ``checkpoint-maml.pt`` if it exists; ``time_limit_s`` stops
-    (with a checkpoint) after that many seconds, to continue in a later call.
+    (with a checkpoint) after that many seconds, to continue in a later call. The
+    meta-gradient is clipped elementwise to ``[-clip_grad, clip_grad]`` when the
+    config has ``clip_grad`` (MiniImageNet, as cbfinn/maml).
+
+    With ``val_tasks`` (episodes over the validation classes, never the test ones),
+    every ``checkpoint_every`` iterations and at the end the parameters are scored on
+    ``n_val_tasks`` fixed validation tasks (accuracy after ``n_test_inner_steps``);
+    the result's ``params`` are then the best-scoring ones and ``selection`` says
+    which (``{"iteration": [...], "val_accuracy": [...], "best_iteration": i,
+    "best_val_accuracy": a}``). The record and the best parameters are kept in the
+    run folder (``selection-maml.pt``), so a resumed run selects as an uninterrupted
+    one would.
     """
     model = model_for(config)
     device = torch.device(config["device"])
@@ -77,7 +102,8 @@ def train_maml(
         ).to(device)
 
     fingerprint = {k: v for k, v in config.items() if k not in _NOT_TRAINING}
-    return fit(
+    selector = None if val_tasks is None else _Selector(config, val_tasks, run)
+    result = fit(
         objective,
         params,
         sample_batch,
@@ -90,17 +116,89 @@ def train_maml(
         fingerprint=fingerprint,
         desc=desc,
         time_limit_s=time_limit_s,
+        clip_grad=config.get("clip_grad"),
+        on_checkpoint=None if selector is None else selector,
     )
+    if selector is None:
+        return result
+    if result.iterations == config["n_iterations"]:
+        selector(result.iterations, result.params)  # no-op if already scored
+    return selector.select(result)
+
+
+class _Selector:
+    """Checkpoint selection on validation tasks: a record, the best parameters."""
+
+    def __init__(self, config: dict[str, Any], val_tasks, run: RunFolder | None):
+        self.config, self.val_tasks = config, val_tasks
+        self.path = run.file("selection-maml.pt") if run else None
+        self.record: dict[int, float] = {}
+        self.best: Params | None = None
+        if self.path is not None and self.path.exists():
+            state = torch.load(self.path, weights_only=True)
+            self.record = dict(zip(state["iteration"], state["val_accuracy"]))
+            self.best = state["best_params"]
+
+    def __call__(self, iteration: int, params: Params) -> None:
+        if iteration in self.record:  # scored before an interruption: same params
+            return
+        config = {
+            **self.config,
+            "n_eval_tasks": self.config["n_val_tasks"],
+            "n_eval_steps": self.config["n_test_inner_steps"],
+        }
+        evaluation = evaluate_maml(params, self.val_tasks, config, seed=VAL_SEED)
+        accuracy = evaluation["at_test_steps"]["mean"]
+        if not self.record or accuracy > max(self.record.values()):
+            self.best = {k: v.detach().cpu().clone() for k, v in params.items()}
+        self.record[iteration] = accuracy
+        if self.path is not None:
+            save_torch(self.path, self._state())
+
+    def _state(self) -> dict[str, Any]:
+        iterations = sorted(self.record)
+        return {
+            "iteration": iterations,
+            "val_accuracy": [self.record[i] for i in iterations],
+            "best_params": self.best,
+        }
+
+    def select(self, result: FitResult) -> FitResult:
+        if not self.record:  # stopped before the first checkpoint: nothing scored
+            return result
+        state = self._state()
+        best = max(self.record, key=lambda i: (self.record[i], -i))
+        device = next(iter(result.params.values())).device
+        params = {k: v.to(device) for k, v in self.best.items()}
+        selection = {
+            "iteration": state["iteration"],
+            "val_accuracy": state["val_accuracy"],
+            "best_iteration": best,
+            "best_val_accuracy": self.record[best],
+            "n_val_tasks": self.config["n_val_tasks"],
+        }
+        return dataclasses.replace(result, params=params, selection=selection)
 
 
 def evaluate_maml(
-    params: Params, tasks, config: dict[str, Any], chunk_size: int = 50
+    params: Params,
+    tasks,
+    config: dict[str, Any],
+    chunk_size: int | None = None,
+    seed: int = EVAL_SEED,
 ) -> dict[str, Any]:
     """Accuracy on fixed test tasks after 0..``n_eval_steps`` inner steps.
 
     The test tasks come from a fixed evaluation seed, so every run and method meets
     the same ones. Batch norm uses the statistics of the batch it sees (the support
-    set while adapting, the query set when scoring), as in cbfinn/maml.
+    set while adapting, the query set when scoring), as in cbfinn/maml. The query set
+    has ``n_eval_query`` images per class when the config has one (MiniImageNet: K,
+    as cbfinn/maml's test), else ``n_query``.
+
+    Args:
+        chunk_size: tasks per vmap call (memory); default 50 for 28x28 images, 10
+            for larger ones.
+        seed: the task stream; :data:`~mamllib.evaluate.VAL_SEED` for validation.
 
     Returns:
         ``{"curve": [n_tasks, steps+1] tensor of accuracies, "steps": summaries,
@@ -108,12 +206,15 @@ def evaluate_maml(
     """
     model, device = model_for(config), torch.device(config["device"])
     n_steps = max(config["n_eval_steps"], config["n_test_inner_steps"])
-    generator = torch.Generator().manual_seed(EVAL_SEED)
+    generator = torch.Generator().manual_seed(seed)
+    n_query = config.get("n_eval_query") or config["n_query"]
+    if chunk_size is None:
+        chunk_size = 50 if config.get("image_size", 28) <= 28 else 10
     curves = []
     for start in range(0, config["n_eval_tasks"], chunk_size):
         n = min(chunk_size, config["n_eval_tasks"] - start)
         batch = tasks.sample(
-            n, config["n_way"], config["k_shot"], config["n_query"], generator=generator
+            n, config["n_way"], config["k_shot"], n_query, generator=generator
         ).to(device)
         curves.append(
             adaptation_curve(

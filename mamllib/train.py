@@ -45,6 +45,9 @@ class FitResult:
     iterations: int = 0
     wall_time_s: float = 0.0
     resumed_from: int | None = None
+    # What a caller's checkpoint selection found (e.g. fewshot.train_maml's
+    # validation record); None when there was none.
+    selection: dict | None = None
 
 
 def meta_objective(
@@ -80,6 +83,7 @@ def fit(
     desc: str = "training",
     clip_grad: float | None = None,
     time_limit_s: float | None = None,
+    on_checkpoint: Callable[[int, Params], None] | None = None,
 ) -> FitResult:
     """Minimise ``objective`` with Adam(``outer_lr``) for ``n_iterations`` batches.
 
@@ -98,6 +102,9 @@ def fit(
         time_limit_s: stop (with a checkpoint) after this many seconds of this call;
             the result's ``iterations`` says how far it got, and calling again with
             the same checkpoint continues.
+        on_checkpoint: ``on_checkpoint(iteration, params)`` every
+            ``checkpoint_every`` iterations, before the checkpoint is written (e.g.
+            to score the parameters on validation tasks); it must not modify them.
 
     Raises:
         FloatingPointError: the loss became NaN/inf; the last good checkpoint is kept.
@@ -199,6 +206,8 @@ def fit(
                 window = []
             bar.update(1)
             if completed % checkpoint_every == 0:
+                if on_checkpoint is not None:
+                    on_checkpoint(completed, params)
                 save(completed, window)
                 last_saved = completed
             if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:

@@ -1,0 +1,127 @@
+"""Meta-train and evaluate one MiniImageNet setting headlessly (resumable), CPU or GPU.
+
+Writes into the run folder the MiniImageNet chapter uses,
+``results/08-miniimagenet/<experiment>/<preset>/seed-<n>/``: ``checkpoint-maml.pt``
+(the latest state, to resume), ``selection-maml.pt`` (validation accuracy at every
+checkpoint and the best parameters), ``config.json``, ``history.json``,
+``metrics.json`` (test accuracy with 95% CI of the parameters selected on the
+validation classes, and the iterations reached), ``params-maml.pt``. Run it again to
+continue from the checkpoint; ``--time-limit`` stops after that many seconds of
+training (with a checkpoint), so a long run can be made in pieces.
+
+    python scripts/train_miniimagenet.py --experiment miniimagenet-5way-1shot \\
+        --preset paper --device cuda --time-limit 3600
+    python scripts/train_miniimagenet.py --first-order   # the paper's first-order row
+
+The data: ``MAMLLIB_DATA`` (see :mod:`mamllib.miniimagenet`).
+"""
+
+import argparse
+import time
+
+import torch
+
+from mamllib.fewshot import evaluate_maml, train_maml
+from mamllib.miniimagenet import MiniImagenetTasks, load_miniimagenet
+from mamllib.presets import PRESETS, make_config
+from mamllib.runs import RunFolder, device_description, save_torch
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument(
+    "--experiment",
+    default="miniimagenet-5way-1shot",
+    choices=[k for k in PRESETS if k.startswith("miniimagenet")],
+)
+parser.add_argument("--preset", default="paper")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--device", default="cpu")
+parser.add_argument("--path", default=None, help="loop | vmap | batched")
+parser.add_argument(
+    "--first-order", action="store_true", help="first-order MAML (its own run folder)"
+)
+parser.add_argument("--threads", type=int, default=None)
+parser.add_argument(
+    "--time-limit",
+    type=float,
+    default=None,
+    help="seconds of training in this call (then checkpoint and stop)",
+)
+args = parser.parse_args()
+if args.threads:
+    torch.set_num_threads(args.threads)
+config = make_config(
+    args.experiment,
+    args.preset,
+    seed=args.seed,
+    device=args.device,
+    path=args.path,
+    first_order=args.first_order or None,
+)
+name = args.experiment + ("-first-order" if config["first_order"] else "")
+run = RunFolder(f"08-miniimagenet/{name}", config["preset"], config["seed"])
+run.write_json("config.json", config)
+
+
+def tasks(split: str) -> MiniImagenetTasks:
+    return MiniImagenetTasks(
+        load_miniimagenet(split, images_per_class=config["images_per_class"])
+    )
+
+
+result = train_maml(
+    config,
+    tasks("train"),
+    run,
+    desc=name,
+    time_limit_s=args.time_limit,
+    val_tasks=tasks("val"),
+)
+print(
+    f"trained to {result.iterations} of {config['n_iterations']} iterations, "
+    f"{result.wall_time_s:.0f} s in all",
+    flush=True,
+)
+selection = result.selection or {}
+if selection:
+    print(
+        f"selected iteration {selection['best_iteration']} on the validation classes "
+        f"({100 * selection['best_val_accuracy']:.2f} % on "
+        f"{selection['n_val_tasks']} val tasks)",
+        flush=True,
+    )
+t0 = time.perf_counter()
+evaluation = evaluate_maml(result.params, tasks("test"), config)
+at = evaluation["at_test_steps"]
+paper_iterations = PRESETS[args.experiment]["paper"]["n_iterations"]
+complete = result.iterations >= config["n_iterations"]
+status = (
+    "complete"
+    if complete and args.preset == "paper"
+    else (
+        f"partial: {args.preset} preset, {result.iterations:,} of "
+        f"{paper_iterations:,} meta-iterations"
+    )
+)
+run.write_json(
+    "metrics.json",
+    {
+        "status": status,
+        "experiment": args.experiment,
+        "first_order": config["first_order"],
+        "iterations": result.iterations,
+        "selected_iteration": selection.get("best_iteration"),
+        "selection": selection,
+        "training_wall_time_s": round(result.wall_time_s, 1),
+        "evaluation_wall_time_s": round(time.perf_counter() - t0, 1),
+        "device": device_description(config["device"]),
+        "test_accuracy": at,
+        "steps": evaluation["steps"],
+    },
+)
+run.write_json("history.json", result.history)
+save_torch(run.file("params-maml.pt"), {k: v.cpu() for k, v in result.params.items()})
+print(
+    f"{name}: accuracy after {config['n_test_inner_steps']} steps "
+    f"{100 * at['mean']:.2f} +- {100 * at['ci95']:.2f} % over {at['n']} tasks "
+    f"({status}) -> {run.path}"
+)

@@ -1,0 +1,470 @@
+"""MiniImageNet: loader, cache, episodes, every way to fail; the 32-filter max-pool
+conv-4's meta-gradient (finite differences, first vs second order, fast paths);
+training glue (gradient clipping, checkpoint selection on validation classes).
+
+Counts and episodes use a small subset of the shared copy in ``../shared/data``
+(skipped if it is absent); the failure cases use tiny fake copies built in
+``tmp_path`` (a few classes of 4 images, the expected counts patched to match).
+"""
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gradcheck import assert_matches_finite_differences, flat
+from PIL import Image
+
+from mamllib import miniimagenet as mi
+from mamllib.maml import adapt, cross_entropy_loss, meta_gradient, task_loss
+from mamllib.models import Conv4, init_params
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+HAVE_SHARED = all(
+    (SHARED_DATA / "miniimagenet" / sub).is_file()
+    for sub in ("splits/train.csv", "images/train.zip", "images/test.zip")
+)
+shared = pytest.mark.skipif(
+    not HAVE_SHARED,
+    reason=f"MiniImageNet not found in {SHARED_DATA}/miniimagenet (the shared data "
+    "folder beside the repository); see its SOURCE.md",
+)
+SUBSET = 5  # images per class cached from the shared copy (seconds to build)
+
+
+@pytest.fixture(autouse=True)
+def no_env(monkeypatch):
+    monkeypatch.delenv(mi.DATA_ENV, raising=False)
+    monkeypatch.delenv(mi.CACHE_ENV, raising=False)
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("miniimagenet-cache")
+
+
+@pytest.fixture(scope="session")
+def splits(cache):
+    if not HAVE_SHARED:
+        pytest.skip("no shared MiniImageNet copy")
+    return {
+        s: mi.load_miniimagenet(s, SHARED_DATA, cache, images_per_class=SUBSET)
+        for s in mi.SPLITS
+    }
+
+
+# ------------------------------------------------------------------------------------
+# The shared copy: counts, labels, disjoint splits, cache, episodes
+# ------------------------------------------------------------------------------------
+
+
+@shared
+def test_counts_labels_and_disjoint_splits(splits):
+    for split, data in splits.items():
+        assert data.images.shape == (mi.N_CLASSES[split], SUBSET, 84, 84, 3)
+        assert data.images.dtype == np.uint8
+        assert len(set(data.classes)) == mi.N_CLASSES[split]
+        for label, files in zip(data.classes, data.files):
+            assert len(files) == SUBSET and all(f.startswith(label) for f in files)
+    train, val, test = (set(splits[s].classes) for s in mi.SPLITS)
+    assert not (train & val or train & test or val & test)
+    assert len(train | val | test) == 100
+
+
+@shared
+def test_csv_has_600_images_per_class():
+    for split in mi.SPLITS:
+        path = SHARED_DATA / "miniimagenet" / "splits" / f"{split}.csv"
+        classes = mi.read_split(path, split)
+        assert len(classes) == mi.N_CLASSES[split]
+        assert {len(v) for v in classes.values()} == {600}
+
+
+@shared
+def test_cache_is_a_memory_map_reloaded_identically(splits, cache):
+    again = mi.load_miniimagenet("val", SHARED_DATA, cache, images_per_class=SUBSET)
+    assert isinstance(again.images, np.memmap)
+    assert np.array_equal(again.images, splits["val"].images)
+    assert again.classes == splits["val"].classes
+    # The cached pixels are the decoded JPEG's.
+    name = splits["val"].files[0][0]
+    with zipfile.ZipFile(SHARED_DATA / "miniimagenet/images/val.zip") as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith(name)))
+    assert np.array_equal(mi.decode_image(data), again.images[0, 0])
+
+
+@shared
+def test_episodes_shapes_labels_pixels(splits):
+    tasks = mi.MiniImagenetTasks(splits["train"])
+    g = torch.Generator().manual_seed(0)
+    batch = tasks.sample(3, 5, 1, 4, generator=g)
+    assert batch.x_support.shape == (3, 5, 3, 84, 84)
+    assert batch.x_query.shape == (3, 20, 3, 84, 84)
+    assert batch.y_support.tolist() == [[0, 1, 2, 3, 4]] * 3
+    assert batch.y_query[0].tolist() == [c for c in range(5) for _ in range(4)]
+    assert len(batch) == 3
+    for t in range(3):
+        assert len(set(batch.classes[t].tolist())) == 5
+        for j in range(5):
+            assert len(set(batch.examples[t, j].tolist())) == 5
+    # Pixels: the cache's uint8 / 255 (cbfinn/maml), channel-first.
+    c, e = batch.classes[1, 2].item(), batch.examples[1, 2, 0].item()
+    expected = torch.from_numpy(np.array(splits["train"].images[c, e])).permute(2, 0, 1)
+    torch.testing.assert_close(batch.x_support[1, 2], expected.float() / 255)
+    again = tasks.sample(3, 5, 1, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.x_query, batch.x_query)
+
+
+@shared
+def test_bad_episode_sizes_are_refused(splits):
+    tasks = mi.MiniImagenetTasks(splits["val"])
+    with pytest.raises(ValueError, match="exceeds the 16 classes"):
+        tasks.sample(1, 17, 1, 1)
+    with pytest.raises(ValueError, match="images_per_class"):
+        tasks.sample(1, 5, 1, 15)  # 16 > the 5 cached per class
+    with pytest.raises(ValueError, match=">= 1"):
+        tasks.sample(1, 5, 0, 1)
+
+
+# ------------------------------------------------------------------------------------
+# Tiny fake copies: layouts and failures
+# ------------------------------------------------------------------------------------
+
+FAKE_CLASSES = {"train": 3, "val": 2, "test": 2}
+FAKE_PER_CLASS = 4
+
+
+def jpeg(seed: int, size: int = 84) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """A tiny MiniImageNet in ``tmp_path/data/miniimagenet`` (zips), counts patched."""
+    monkeypatch.setattr(mi, "N_CLASSES", FAKE_CLASSES)
+    monkeypatch.setattr(mi, "IMAGES_PER_CLASS", FAKE_PER_CLASS)
+    return make_fake(tmp_path / "data" / "miniimagenet")
+
+
+def make_fake(folder: Path, layout: str = "zip", replace=None, drop=()) -> Path:
+    replace = replace or {}
+    (folder / "splits").mkdir(parents=True)
+    (folder / "images").mkdir()
+    seed = 0
+    for split, n_classes in FAKE_CLASSES.items():
+        rows = ["filename,label"]
+        members = {}
+        for c in range(n_classes):
+            label = f"n{split}{c:04d}"
+            for i in range(FAKE_PER_CLASS):
+                name = f"{label}{i:08d}.jpg"
+                rows.append(f"{name},{label}")
+                seed += 1
+                if name not in drop:
+                    members[f"{split}/{label}/{name}"] = replace.get(name) or jpeg(seed)
+        (folder / "splits" / f"{split}.csv").write_text("\n".join(rows) + "\n")
+        if layout == "zip":
+            with zipfile.ZipFile(folder / "images" / f"{split}.zip", "w") as z:
+                for member, data in members.items():
+                    z.writestr(member, data)
+        else:
+            for member, data in members.items():
+                path = folder / "images" / member
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+    return folder
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in Path(folder).rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("layout", ["zip", "folder"])
+def test_fake_copy_loads_from_zips_and_folders(tmp_path, monkeypatch, layout):
+    monkeypatch.setattr(mi, "N_CLASSES", FAKE_CLASSES)
+    monkeypatch.setattr(mi, "IMAGES_PER_CLASS", FAKE_PER_CLASS)
+    make_fake(tmp_path / "data" / "miniimagenet", layout)
+    monkeypatch.setenv(mi.DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(mi.CACHE_ENV, str(tmp_path / "cache"))
+    data = mi.load_miniimagenet("train")
+    assert data.images.shape == (3, FAKE_PER_CLASS, 84, 84, 3)
+    assert data.classes == ["ntrain0000", "ntrain0001", "ntrain0002"]
+    subset = mi.load_miniimagenet("train", images_per_class=2)
+    assert np.array_equal(subset.images, data.images[:, :2])
+    assert mi.cache_file("train", 2, tmp_path / "cache").is_file()
+
+
+def test_no_copy_named_says_where_to_get_one():
+    with pytest.raises(mi.MiniImagenetDataError) as error:
+        mi.load_miniimagenet("val", cache="/nonexistent-cache")
+    message = str(error.value)
+    assert mi.DATA_ENV in message and "meta-learning-lstm" in message
+    assert "ImageNet" in message
+
+
+def test_missing_csv_and_missing_images_are_named(tmp_path, fake):
+    (fake / "splits" / "val.csv").unlink()
+    with pytest.raises(mi.MiniImagenetDataError, match=r"val\.csv not found"):
+        mi.load_miniimagenet("val", tmp_path / "data", tmp_path / "cache")
+    (fake / "images" / "test.zip").unlink()
+    with pytest.raises(mi.MiniImagenetDataError, match="images for the test split"):
+        mi.load_miniimagenet("test", tmp_path / "data", tmp_path / "cache")
+
+
+def test_missing_image_is_named_and_nothing_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(mi, "N_CLASSES", FAKE_CLASSES)
+    monkeypatch.setattr(mi, "IMAGES_PER_CLASS", FAKE_PER_CLASS)
+    make_fake(tmp_path / "mini", drop={"ntrain000100000003.jpg"})
+    with pytest.raises(mi.MiniImagenetDataError, match="ntrain000100000003.jpg"):
+        mi.load_miniimagenet("train", tmp_path / "mini", tmp_path / "cache")
+    assert leftovers(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [(b"not a jpeg", "does not decode"), (jpeg(0, size=80), "80x80, expected 84x84")],
+)
+def test_bad_image_is_named_and_no_cache_is_left(
+    tmp_path, monkeypatch, payload, message
+):
+    monkeypatch.setattr(mi, "N_CLASSES", FAKE_CLASSES)
+    monkeypatch.setattr(mi, "IMAGES_PER_CLASS", FAKE_PER_CLASS)
+    make_fake(tmp_path / "mini", replace={"nval000100000002.jpg": payload})
+    with pytest.raises(mi.MiniImagenetDataError, match=message) as error:
+        mi.load_miniimagenet("val", tmp_path / "mini", tmp_path / "cache")
+    assert "nval000100000002.jpg" in str(error.value)
+    assert leftovers(tmp_path / "cache") == []  # no half-written cache, no temp file
+    # A subset that does not include the bad image builds fine.
+    data = mi.load_miniimagenet("val", tmp_path / "mini", tmp_path / "cache", 2)
+    assert data.images.shape[:2] == (2, 2)
+
+
+def test_wrong_counts_and_shared_classes_are_refused(tmp_path, fake):
+    csv = fake / "splits" / "train.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(lines[:-1]) + "\n")  # one image fewer in the last class
+    with pytest.raises(mi.MiniImagenetDataError, match="expected 4 images per class"):
+        mi.load_miniimagenet("train", tmp_path / "data", tmp_path / "cache")
+    csv.write_text("\n".join(lines[: 1 + 2 * FAKE_PER_CLASS]) + "\n")  # 2 classes
+    with pytest.raises(mi.MiniImagenetDataError, match="expected 3 classes"):
+        mi.load_miniimagenet("train", tmp_path / "data", tmp_path / "cache")
+    # A val class that is also a test class.
+    test_csv = fake / "splits" / "test.csv"
+    val_rows = (fake / "splits" / "val.csv").read_text().splitlines()[1:]
+    test_csv.write_text("\n".join(["filename,label", *val_rows[:FAKE_PER_CLASS]]))
+    with pytest.raises(mi.MiniImagenetDataError, match="splits must be disjoint"):
+        mi.load_miniimagenet("val", tmp_path / "data", tmp_path / "cache")
+    csv.write_text("file,class\n")
+    with pytest.raises(mi.MiniImagenetDataError, match="header"):
+        mi.load_miniimagenet("train", tmp_path / "data", tmp_path / "cache")
+
+
+def test_damaged_cache_is_rebuilt_and_bad_arguments_refused(tmp_path, fake):
+    args = ("test", tmp_path / "data", tmp_path / "cache")
+    expected = np.array(mi.load_miniimagenet(*args).images)
+    path = mi.cache_file("test", cache=tmp_path / "cache")
+    # Truncated (a new file: truncating a memory-mapped one in place is a SIGBUS).
+    damaged = path.with_name("damaged")
+    damaged.write_bytes(path.read_bytes()[:1000])
+    damaged.replace(path)
+    assert np.array_equal(mi.load_miniimagenet(*args).images, expected)
+    with pytest.raises(ValueError, match="unknown split"):
+        mi.load_miniimagenet("validation", tmp_path / "data")
+    with pytest.raises(ValueError, match="images_per_class"):
+        mi.load_miniimagenet("test", tmp_path / "data", images_per_class=0)
+
+
+# ------------------------------------------------------------------------------------
+# The 32-filter max-pool conv-4: meta-gradients
+# ------------------------------------------------------------------------------------
+
+
+def pool_problem(dtype=torch.float64, n_tasks=2, n_way=3, k_shot=1, size=12, seed=0):
+    """The MiniImageNet conv-4 (32 filters, max-pool, RGB) on tiny random images:
+    12x12 -> 6 -> 3 -> 1 -> 0 would vanish, so 16x16 (16 -> 8 -> 4 -> 2 -> 1)."""
+    size = max(size, 16)
+    model = Conv4(n_way, in_channels=3, n_filters=32, image_size=size, max_pool=True)
+    params = init_params(model, torch.Generator().manual_seed(1), dtype=dtype)
+    g = torch.Generator().manual_seed(seed)
+    shape = (n_tasks, n_way * k_shot, 3, size, size)
+    labels = torch.arange(n_way).repeat_interleave(k_shot).expand(n_tasks, -1)
+    batch = mi.Episodes(
+        x_support=torch.rand(shape, generator=g, dtype=dtype),
+        y_support=labels.contiguous(),
+        x_query=torch.rand(shape, generator=g, dtype=dtype),
+        y_query=labels.contiguous(),
+        classes=torch.zeros(n_tasks, n_way, dtype=torch.long),
+        examples=torch.zeros(n_tasks, n_way, 2, dtype=torch.long),
+    )
+    return model, params, batch
+
+
+@pytest.mark.parametrize("path", ["loop", "batched"])
+def test_pool_net_meta_gradient_matches_finite_differences(path):
+    model, params, tasks = pool_problem()
+    inner_lr, steps = 0.5, 2  # a large step so second-order terms matter
+    _, g = meta_gradient(
+        model, params, tasks, cross_entropy_loss, inner_lr, steps, path=path
+    )
+    assert_matches_finite_differences(
+        g, model, params, tasks, cross_entropy_loss, inner_lr, steps
+    )
+
+
+@pytest.mark.parametrize("path", ["loop", "batched"])
+def test_pool_net_first_order_is_second_order_minus_hessian_term(path):
+    """One inner step: g_2nd - g_1st = -alpha H_support(theta) g_query(theta')."""
+    model, params, tasks = pool_problem(n_tasks=1)
+    inner_lr, loss_fn = 0.5, cross_entropy_loss
+    _, g2 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, False, path=path)
+    _, g1 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, True, path=path)
+    xs, ys, xq, yq = (
+        tasks.x_support[0],
+        tasks.y_support[0],
+        tasks.x_query[0],
+        tasks.y_query[0],
+    )
+    adapted = adapt(model, params, xs, ys, loss_fn, inner_lr, 1)
+    g_query = torch.autograd.grad(
+        task_loss(model, adapted, xq, yq, loss_fn), tuple(adapted.values())
+    )
+    support_grad = torch.autograd.grad(
+        task_loss(model, params, xs, ys, loss_fn),
+        tuple(params.values()),
+        create_graph=True,
+    )
+    hvp = torch.autograd.grad(
+        support_grad, tuple(params.values()), grad_outputs=g_query
+    )
+    scale = flat(dict(zip(params, hvp))).abs().max()
+    assert scale > 1e-3  # the second-derivative term is not negligible
+    for k, gq, h in zip(params, g_query, hvp):
+        torch.testing.assert_close(g1[k], gq, rtol=1e-9, atol=1e-12 * scale)
+        torch.testing.assert_close(
+            g2[k] - g1[k], -inner_lr * h, rtol=1e-7, atol=1e-10 * scale
+        )
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_pool_net_fast_paths_equal_loop(first_order):
+    model, params, tasks = pool_problem(n_tasks=3, k_shot=2)
+    results = {
+        p: meta_gradient(
+            model, params, tasks, cross_entropy_loss, 0.1, 2, first_order, path=p
+        )
+        for p in ("loop", "vmap", "batched")
+    }
+    loss_loop, g_loop = results["loop"]
+    scale = flat(g_loop).abs().max()
+    for p in ("vmap", "batched"):
+        loss, g = results[p]
+        torch.testing.assert_close(loss, loss_loop, rtol=1e-10, atol=0)
+        for k in g_loop:  # conv biases: zero up to rounding (batch norm cancels them)
+            torch.testing.assert_close(g[k], g_loop[k], rtol=1e-8, atol=1e-10 * scale)
+
+
+# ------------------------------------------------------------------------------------
+# Presets and training glue
+# ------------------------------------------------------------------------------------
+
+
+def test_presets_follow_the_paper(monkeypatch):
+    from mamllib.fewshot import model_for
+    from mamllib.presets import make_config
+
+    monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
+    for k_shot, meta_batch in ((1, 4), (5, 2)):
+        config = make_config(f"miniimagenet-5way-{k_shot}shot", "paper")
+        assert (config["k_shot"], config["meta_batch_size"]) == (k_shot, meta_batch)
+        assert config["inner_lr"] == 0.01 and config["outer_lr"] == 1e-3
+        assert (config["n_inner_steps"], config["n_test_inner_steps"]) == (5, 10)
+        assert config["n_query"] == 15 and config["clip_grad"] == 10.0
+        assert config["n_iterations"] == 60_000 and config["n_filters"] == 32
+        model = model_for(config)
+        assert model.max_pool and model.n_filters == 32 and model.final_size == 5
+        for preset in ("ci", "book"):
+            small = make_config(config["experiment"], preset)
+            assert small["n_iterations"] % small["checkpoint_every"] == 0
+    omniglot = model_for(make_config("omniglot-5way-1shot", "paper"))
+    assert not omniglot.max_pool and omniglot.image_size == 28
+    with pytest.raises(ValueError, match="images_per_class"):
+        make_config("miniimagenet-5way-1shot", "ci", images_per_class=601)
+
+
+def test_fit_clips_the_meta_gradient_elementwise(monkeypatch):
+    from mamllib.train import fit
+
+    seen = []
+    original = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad.abs().max().item() for p in self.param_groups[0]["params"]]
+        seen.append(max(grads))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    params = {"w": torch.tensor([1.0, 2.0], requires_grad=True)}
+
+    def objective(p, batch):
+        return 1000.0 * (p["w"] ** 2).sum()  # gradient 2000 w
+
+    fit(objective, params, lambda g: None, torch.Generator(), 2, 1e-3, clip_grad=10.0)
+    assert seen == [10.0, 10.0]
+
+
+@shared
+def test_train_selects_on_validation_and_resumes(splits, tmp_path, monkeypatch):
+    """A few iterations at tiny shapes: the selection record, the best params, and a
+    resumed run that selects exactly as the uninterrupted one."""
+    from mamllib.fewshot import evaluate_maml, train_maml
+    from mamllib.presets import make_config
+    from mamllib.runs import RunFolder
+
+    monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
+    config = make_config(
+        "miniimagenet-5way-1shot",
+        "ci",
+        n_iterations=4,
+        checkpoint_every=2,
+        meta_batch_size=1,
+        n_query=1,
+        n_inner_steps=1,
+        n_test_inner_steps=1,
+        n_val_tasks=2,
+        n_eval_tasks=2,
+        n_eval_steps=1,
+        log_every=1,
+        outer_lr=0.01,
+    )
+    train, val = (mi.MiniImagenetTasks(splits[s]) for s in ("train", "val"))
+    whole = train_maml(config, train, val_tasks=val)
+    assert whole.selection["iteration"] == [2, 4]
+    best = whole.selection["best_iteration"]
+    record = whole.selection
+    accuracies = dict(zip(record["iteration"], record["val_accuracy"]))
+    assert accuracies[best] == max(accuracies.values())
+    run = RunFolder("mini", "ci", 0, root=tmp_path)
+    first = train_maml({**config, "n_iterations": 2}, train, run, val_tasks=val)
+    assert first.selection["iteration"] == [2]
+    resumed = train_maml(config, train, run, val_tasks=val)
+    assert resumed.resumed_from == 2
+    assert resumed.selection == whole.selection
+    for k in whole.params:
+        torch.testing.assert_close(resumed.params[k], whole.params[k])
+    # The selected params score as recorded on the same validation tasks.
+    from mamllib.evaluate import VAL_SEED
+
+    check = evaluate_maml(
+        whole.params,
+        val,
+        {**config, "n_eval_tasks": 2, "n_eval_steps": 1},
+        seed=VAL_SEED,
+    )
+    assert check["at_test_steps"]["mean"] == pytest.approx(accuracies[best])
