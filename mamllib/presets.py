@@ -262,12 +262,12 @@ PRESETS["navigation"] = {
         **_NAVIGATION_PAPER,
         "meta_batch_size": 5,
         "n_traj": 10,
-        "n_iterations": 8,
-        "pretrain_iterations": 4,
-        "oracle_iterations": 4,
+        "n_iterations": 6,
+        "pretrain_iterations": 3,
+        "oracle_iterations": 3,
         "n_eval_tasks": 10,
         "n_eval_traj": 10,
-        "checkpoint_every": 4,
+        "checkpoint_every": 3,
     },
 }
 
