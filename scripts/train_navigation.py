@@ -6,6 +6,8 @@ seed-<n>/``: ``checkpoint-<method>.pt``, ``config.json``, ``history.json``,
 ``params-<method>.pt``. Run it again to continue from the checkpoints; Ctrl-C saves.
 
     nice -n 10 python scripts/train_navigation.py --preset paper --time-limit 2700
+    python scripts/train_navigation.py --preset paper --evaluate-only \\
+        --artifact navigation-paper
 """
 
 import argparse
@@ -18,6 +20,7 @@ from mamllib.rl.train import (
     METHODS,
     evaluate_methods,
     initial_params,
+    load_trained,
     save_results,
     train_policy,
 )
@@ -29,6 +32,18 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--path", default=None, help="vmap (fast) | loop (readable)")
 parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+parser.add_argument(
+    "--evaluate-only",
+    action="store_true",
+    help="evaluate the checkpoints as they are, without training further",
+)
+parser.add_argument(
+    "--artifact",
+    default=None,
+    metavar="NAME",
+    help="then copy the run's small files to artifacts/NAME with a manifest",
+)
+parser.add_argument("--note", default=None, help="a note for the artifact manifest")
 parser.add_argument(
     "--time-limit",
     type=float,
@@ -47,9 +62,12 @@ if len(limits) == 1:
     limits = limits * len(args.methods)
 results = {}
 for method, limit in zip(args.methods, limits):
-    results[method] = train_policy(
-        method, config, run.checkpoint(method), time_limit_s=limit
-    )
+    if args.evaluate_only:
+        results[method] = load_trained(method, run.checkpoint(method))
+    else:
+        results[method] = train_policy(
+            method, config, run.checkpoint(method), time_limit_s=limit
+        )
     r = results[method]
     print(
         f"{method}: {r.iterations} iterations, {r.wall_time_s:.0f} s in all, "
@@ -67,3 +85,35 @@ print(metrics["status"])
 for method, values in metrics["returns"].items():
     steps = " / ".join(f"{s['mean']:.2f} +- {s['ci95']:.2f}" for s in values["steps"])
     print(f"{method:>10}: {steps}", flush=True)
+if args.artifact:
+    import shlex
+    import shutil
+    import sys
+
+    from mamllib.runs import device_description, git_commit, repo_root, write_manifest
+
+    commit = git_commit()  # before the artifact folder changes tracked files
+    target = repo_root() / "artifacts" / args.artifact
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for pattern in ("config.json", "metrics.json", "history.json", "reproduction.json"):
+        shutil.copy2(run.file(pattern), target / pattern)
+    for src in sorted(run.path.glob("params-*.pt")):
+        shutil.copy2(src, target / src.name)
+    write_manifest(
+        target,
+        command="python " + " ".join(shlex.quote(a) for a in sys.argv),
+        commit=commit,
+        device=device_description("cpu"),
+        training_wall_time_s=metrics["training_wall_time_s"],
+        evaluation_wall_time_s=metrics["evaluation_wall_time_s"],
+        iterations=metrics["iterations"],
+        status=metrics["status"],
+        created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        note=args.note,
+        run_folder=str(run.path.relative_to(repo_root()))
+        if run.path.is_relative_to(repo_root())
+        else str(run.path),
+    )
+    print(f"artifact written to {target}")

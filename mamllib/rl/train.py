@@ -279,6 +279,23 @@ def train_policy(
     )
 
 
+def load_trained(method: str, checkpoint: Path) -> FitResult:
+    """The parameters and history a checkpoint holds, without training further."""
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(
+            f"no checkpoint at {checkpoint}: train {method} first (without "
+            "--evaluate-only)"
+        )
+    state = torch.load(checkpoint, weights_only=False)
+    return FitResult(
+        dict(state["params"]),
+        state["history"],
+        state["iteration"],
+        state["wall_time_s"],
+        state["iteration"],
+    )
+
+
 def evaluation_goals(n_tasks: int, seed: int = EVAL_SEED) -> torch.Tensor:
     """Fixed test goals: the same for every method and run."""
     return sample_goals(n_tasks, torch.Generator().manual_seed(seed))
@@ -376,7 +393,8 @@ def save_results(
     metrics = {
         "status": status,
         "iterations": reached,
-        "training_wall_time_s": {
+        "training_wall_time_s": round(sum(r.wall_time_s for r in results.values()), 1),
+        "training_wall_time_s_per_method": {
             m: round(r.wall_time_s, 1) for m, r in results.items()
         },
         "s_per_iteration": {
@@ -391,6 +409,25 @@ def save_results(
     }
     run.write_json("metrics.json", metrics)
     run.write_json("history.json", {m: r.history for m, r in results.items()})
+    maml = evaluation["metrics"].get("maml", {}).get("steps", [])
+    run.write_json(
+        "reproduction.json",
+        [
+            {
+                "experiment": "2D navigation (point mass)",
+                "quantity": f"MAML: average return after {s['step']} "
+                f"step{'s' * (s['step'] != 1)}",
+                "paper": paper,
+                "paper_ci95": None,
+                "source": "App. C",
+                "ours": s["mean"],
+                "ours_ci95": s["ci95"],
+                "lower_is_better": False,
+                "status": status,
+            }
+            for s, paper in zip(maml, metrics["paper_appendix_c_maml"])
+        ],
+    )
     for method, result in results.items():
         save_torch(run.file(f"params-{method}.pt"), result.params)
     return metrics
