@@ -21,7 +21,7 @@ import torch
 
 from mamllib.evaluate import EVAL_SEED, VAL_SEED, adaptation_curve, summarize_curve
 from mamllib.maml import accuracy, cross_entropy_loss
-from mamllib.models import Conv4, Params, init_params
+from mamllib.models import Conv4, Params, forward, init_params
 from mamllib.runs import RunFolder, save_torch
 from mamllib.tasks import make_generator
 from mamllib.train import FitResult, fit, meta_objective
@@ -210,6 +210,9 @@ def evaluate_maml(
     n_query = config.get("n_eval_query") or config["n_query"]
     if chunk_size is None:
         chunk_size = 50 if config.get("image_size", 28) <= 28 else 10
+    # 84x84 images: one task at a time is about 2x faster than vmap on a CPU (vmap
+    # turns each convolution into a grouped one); same numbers (tests).
+    curve_fn = adaptation_curve if config.get("image_size", 28) <= 28 else _curve_loop
     curves = []
     for start in range(0, config["n_eval_tasks"], chunk_size):
         n = min(chunk_size, config["n_eval_tasks"] - start)
@@ -217,7 +220,7 @@ def evaluate_maml(
             n, config["n_way"], config["k_shot"], n_query, generator=generator
         ).to(device)
         curves.append(
-            adaptation_curve(
+            curve_fn(
                 model,
                 params,
                 batch,
@@ -234,3 +237,27 @@ def evaluate_maml(
         "steps": steps,
         "at_test_steps": steps[config["n_test_inner_steps"]],
     }
+
+
+def _curve_loop(model, params, tasks, loss_fn, inner_lr, n_steps, metric_fn):
+    """:func:`~mamllib.evaluate.adaptation_curve`, one task at a time with autograd."""
+    curves = []
+    for i in range(len(tasks)):
+        xs, ys = tasks.x_support[i], tasks.y_support[i]
+        xq, yq = tasks.x_query[i], tasks.y_query[i]
+        adapted = {k: v.detach().requires_grad_() for k, v in params.items()}
+        values = []
+        for step in range(n_steps + 1):
+            with torch.no_grad():
+                values.append(metric_fn(forward(model, adapted, xq), yq))
+            if step == n_steps:
+                break
+            grads = torch.autograd.grad(
+                loss_fn(forward(model, adapted, xs), ys), tuple(adapted.values())
+            )
+            adapted = {
+                k: (v - inner_lr * g).detach().requires_grad_()
+                for (k, v), g in zip(adapted.items(), grads)
+            }
+        curves.append(torch.stack(values))
+    return torch.stack(curves)
