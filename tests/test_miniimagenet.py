@@ -474,15 +474,15 @@ def test_loop_evaluation_equals_the_vmap_curve():
     """evaluate_maml scores 84x84 tasks one at a time (faster on a CPU): the same
     curve as the vmap adaptation_curve."""
     from mamllib.evaluate import adaptation_curve
-    from mamllib.fewshot import _curve_loop
+    from mamllib.fewshot import adaptation_curve_loop
     from mamllib.maml import accuracy
 
     model, params, tasks = pool_problem(n_tasks=3, k_shot=2)
     args = (model, params, tasks, cross_entropy_loss, 0.5, 3)
-    loop = _curve_loop(*args, metric_fn=cross_entropy_loss)
+    loop = adaptation_curve_loop(*args, metric_fn=cross_entropy_loss)
     vmapped = adaptation_curve(*args, metric_fn=cross_entropy_loss)
     torch.testing.assert_close(loop, vmapped, rtol=1e-10, atol=1e-12)
     assert torch.equal(
-        _curve_loop(*args, metric_fn=accuracy),
+        adaptation_curve_loop(*args, metric_fn=accuracy),
         adaptation_curve(*args, metric_fn=accuracy),
     )
