@@ -199,22 +199,26 @@ def _miniimagenet_presets(k_shot: int, meta_batch_size: int) -> dict[str, dict]:
             "images_per_class": 100,
             "n_iterations": 20,
             "n_eval_tasks": 100,
-            "n_val_tasks": 20,
+            "n_val_tasks": 10,
             "checkpoint_every": 10,
             "log_every": 2,
         },
-        # Seconds: the machinery runs end to end (training, selection on val tasks,
-        # evaluation), at smaller shapes (meta-batch 2, 5 query images per class in
-        # training) on 20 images per class; too short to show meta-learning.
+        # Under a minute: the machinery runs end to end (training, selection on val
+        # tasks, evaluation) at smaller shapes (meta-batch 2, 5 query images per
+        # class, 2 inner steps in training and 3 at test) on 20 images per class;
+        # far too short to show meta-learning on MiniImageNet.
         "ci": {
             **paper,
             "images_per_class": 20,
             "meta_batch_size": 2,
             "n_query": 5,
-            "n_iterations": 6,
-            "n_eval_tasks": 20,
-            "n_val_tasks": 5,
-            "checkpoint_every": 3,
+            "n_inner_steps": 2,
+            "n_test_inner_steps": 3,
+            "n_eval_steps": 3,
+            "n_iterations": 4,
+            "n_eval_tasks": 10,
+            "n_val_tasks": 4,
+            "checkpoint_every": 2,
             "log_every": 1,
         },
     }
