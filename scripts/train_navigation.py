@@ -99,7 +99,11 @@ if args.artifact:
     target.mkdir(parents=True)
     for pattern in ("config.json", "metrics.json", "history.json", "reproduction.json"):
         shutil.copy2(run.file(pattern), target / pattern)
-    for src in sorted(run.path.glob("params-*.pt")):
+    # Checkpoints too: small here (TRPO keeps no optimizer state), and with the random
+    # stream's state they let a later run continue a partial artifact exactly.
+    for src in sorted(run.path.glob("params-*.pt")) + sorted(
+        run.path.glob("checkpoint-*.pt")
+    ):
         shutil.copy2(src, target / src.name)
     write_manifest(
         target,
