@@ -69,6 +69,42 @@ def meta_objective(
     return objective
 
 
+def load_checkpoint(
+    checkpoint: str | Path,
+    fingerprint: dict[str, Any],
+    n_iterations: int,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Read a training checkpoint, refusing one made with other settings.
+
+    Tensors land on ``device`` (a checkpoint written on a GPU resumes on a CPU and
+    back), except the task-stream generator state, which stays on the CPU.
+
+    Raises:
+        ValueError: the checkpoint's fingerprint differs from ``fingerprint`` (the
+            differing keys are named), or it is already past ``n_iterations``.
+    """
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    if state["fingerprint"] != fingerprint:
+        changed = sorted(
+            k
+            for k in set(state["fingerprint"]) | set(fingerprint)
+            if state["fingerprint"].get(k) != fingerprint.get(k)
+        )
+        raise ValueError(
+            f"checkpoint {checkpoint} was made with different settings ({changed}); "
+            "delete it or use another run folder (seed) to start afresh"
+        )
+    if state["iteration"] > n_iterations:
+        raise ValueError(
+            f"checkpoint {checkpoint} is at iteration {state['iteration']}, past "
+            f"n_iterations={n_iterations}; raise n_iterations or use another run "
+            "folder"
+        )
+    state["generator"] = state["generator"].cpu()
+    return state
+
+
 def fit(
     objective: Objective,
     params: Params,
@@ -117,34 +153,16 @@ def fit(
     fingerprint = fingerprint or {}
 
     if checkpoint is not None and Path(checkpoint).exists():
-        # map_location: a checkpoint written on a GPU resumes on a CPU and back.
         device = next(iter(params.values())).device
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["fingerprint"] != fingerprint:
-            changed = sorted(
-                k
-                for k in set(state["fingerprint"]) | set(fingerprint)
-                if state["fingerprint"].get(k) != fingerprint.get(k)
-            )
-            raise ValueError(
-                f"checkpoint {checkpoint} was made with different settings "
-                f"({changed}); "
-                "delete it or use another run folder (seed) to start afresh"
-            )
+        state = load_checkpoint(checkpoint, fingerprint, n_iterations, device)
         with torch.no_grad():
             for k, v in state["params"].items():
                 params[k].copy_(v)
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"].cpu())
+        generator.set_state(state["generator"])
         history, start, window = state["history"], state["iteration"], state["window"]
         wall_before = state.get("wall_time_s", 0.0)
         resumed_from = start
-        if start > n_iterations:
-            raise ValueError(
-                f"checkpoint {checkpoint} is at iteration {start}, past "
-                f"n_iterations={n_iterations}; raise n_iterations or use "
-                "another run folder"
-            )
 
     t0 = time.perf_counter()
 

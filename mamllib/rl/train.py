@@ -34,7 +34,7 @@ from mamllib.rl.rollouts import Trajectories, advantages, sample_trajectories
 from mamllib.rl.trpo import TRPOStats, direct_problem, trpo_step
 from mamllib.runs import save_torch
 from mamllib.tasks import make_generator
-from mamllib.train import FitResult, progress_enabled
+from mamllib.train import FitResult, load_checkpoint, progress_enabled
 
 METHODS = ("maml", "pretrained", "oracle")
 
@@ -191,22 +191,7 @@ def train_policy(
     history: dict[str, list[float]] = {}
     start, resumed_from, wall_before = 0, None, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
-        if state["fingerprint"] != fingerprint:
-            changed = sorted(
-                k
-                for k in set(state["fingerprint"]) | set(fingerprint)
-                if state["fingerprint"].get(k) != fingerprint.get(k)
-            )
-            raise ValueError(
-                f"checkpoint {checkpoint} was made with different settings "
-                f"({changed}); delete it or use another run folder to start afresh"
-            )
-        if state["iteration"] > n_iterations:
-            raise ValueError(
-                f"checkpoint {checkpoint} is at iteration {state['iteration']}, past "
-                f"{n_iterations}; raise the iterations or use another run folder"
-            )
+        state = load_checkpoint(checkpoint, fingerprint, n_iterations)
         params = {k: v.clone().requires_grad_(True) for k, v in state["params"].items()}
         generator.set_state(state["generator"])
         history, start = state["history"], state["iteration"]
