@@ -32,3 +32,31 @@ class Batch:
                 for k, v in vars(self).items()
             }
         )
+
+
+def split_episodes(
+    x: torch.Tensor, k_shot: int, n_query: int
+) -> dict[str, torch.Tensor]:
+    """Support and query sets of N-way episodes from their images, class by class.
+
+    Args:
+        x: ``[T, N, K + Q, C, H, W]``: for each task and class (label = position on
+            axis 1), K support images then Q query images.
+
+    Returns:
+        ``x_support`` ``[T, N * K, C, H, W]`` and ``y_support`` ``[T, N * K]``
+        (class-major: K examples of label 0, then label 1, ...), ``x_query`` and
+        ``y_query`` likewise with Q per class.
+    """
+    n_tasks, n_way = x.shape[:2]
+    labels = torch.arange(n_way)
+
+    def flat(part: torch.Tensor) -> torch.Tensor:
+        return part.reshape(n_tasks, -1, *x.shape[3:])
+
+    return {
+        "x_support": flat(x[:, :, :k_shot]),
+        "y_support": labels.repeat_interleave(k_shot).repeat(n_tasks, 1),
+        "x_query": flat(x[:, :, k_shot : k_shot + n_query]),
+        "y_query": labels.repeat_interleave(n_query).repeat(n_tasks, 1),
+    }

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamllib.batch import Batch
+from mamllib.batch import Batch, split_episodes
 from mamllib.omniglot import CACHE_ENV, DATA_ENV, cache_dir
 from mamllib.runs import write_json
 
@@ -474,18 +474,8 @@ class MiniImagenetTasks:
         # Read only the chosen images from the memory map: [T, N, K + Q, 84, 84, 3]
         pixels = self.data.images[classes[..., None].numpy(), examples.numpy()]
         x = torch.from_numpy(pixels).permute(0, 1, 2, 5, 3, 4).float().div_(255)
-        labels = torch.arange(n_way)
-
-        def flat(part: torch.Tensor) -> torch.Tensor:
-            return part.reshape(n_tasks, -1, 3, IMAGE_SIZE, IMAGE_SIZE)
-
         return Episodes(
-            x_support=flat(x[:, :, :k_shot]),
-            y_support=labels.repeat_interleave(k_shot).repeat(n_tasks, 1),
-            x_query=flat(x[:, :, k_shot:]),
-            y_query=labels.repeat_interleave(n_query).repeat(n_tasks, 1),
-            classes=classes,
-            examples=examples,
+            **split_episodes(x, k_shot, n_query), classes=classes, examples=examples
         )
 
 

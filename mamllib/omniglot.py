@@ -74,7 +74,7 @@ from urllib.request import urlopen
 import numpy as np
 import torch
 
-from mamllib.batch import Batch
+from mamllib.batch import Batch, split_episodes
 from mamllib.runs import save_torch
 
 DATA_ENV = "MAMLLIB_DATA"
@@ -665,16 +665,6 @@ class OmniglotTasks:
         drawings = drawings[..., :n_per_class]  # [T, N, K + Q], distinct per class
         images = self.images[classes[..., None], drawings]  # [T, N, K + Q, 28, 28]
         x = images.unsqueeze(3).float().div_(255)  # [T, N, K + Q, 1, 28, 28]
-        labels = torch.arange(n_way)
-
-        def flat(part: torch.Tensor) -> torch.Tensor:
-            return part.reshape(n_tasks, -1, 1, IMAGE_SIZE, IMAGE_SIZE)
-
         return Episodes(
-            x_support=flat(x[:, :, :k_shot]),
-            y_support=labels.repeat_interleave(k_shot).repeat(n_tasks, 1),
-            x_query=flat(x[:, :, k_shot:]),
-            y_query=labels.repeat_interleave(n_query).repeat(n_tasks, 1),
-            classes=classes,
-            drawings=drawings,
+            **split_episodes(x, k_shot, n_query), classes=classes, drawings=drawings
         )
