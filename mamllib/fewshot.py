@@ -22,7 +22,7 @@ import torch
 from mamllib.evaluate import EVAL_SEED, VAL_SEED, adaptation_curve, summarize_curve
 from mamllib.maml import accuracy, cross_entropy_loss
 from mamllib.models import Conv4, Params, forward, init_params
-from mamllib.runs import RunFolder, save_torch
+from mamllib.runs import RunFolder, device_description, save_torch
 from mamllib.tasks import make_generator
 from mamllib.train import FitResult, fit, meta_objective
 
@@ -268,3 +268,55 @@ def adaptation_curve_loop(
             }
         curves.append(torch.stack(values))
     return torch.stack(curves)
+
+
+def save_results(
+    run: RunFolder,
+    config: dict[str, Any],
+    result: FitResult,
+    evaluation: dict[str, Any],
+    evaluation_wall_time_s: float,
+    paper_iterations: int,
+    name: str,
+    **facts: Any,
+) -> str:
+    """Write a headless run's ``metrics.json``, ``history.json`` and final weights.
+
+    The status is ``complete`` only for a paper-preset run that reached its
+    iterations; anything else is labelled partial with the iterations reached out
+    of the paper's ``paper_iterations``. ``facts`` go into ``metrics.json`` after the
+    status. Prints a one-line summary and returns the status.
+    """
+    complete = result.iterations >= config["n_iterations"]
+    status = (
+        "complete"
+        if complete and config["preset"] == "paper"
+        else (
+            f"partial: {config['preset']} preset, {result.iterations:,} of "
+            f"{paper_iterations:,} meta-iterations"
+        )
+    )
+    at = evaluation["at_test_steps"]
+    run.write_json(
+        "metrics.json",
+        {
+            "status": status,
+            **facts,
+            "iterations": result.iterations,
+            "training_wall_time_s": round(result.wall_time_s, 1),
+            "evaluation_wall_time_s": round(evaluation_wall_time_s, 1),
+            "device": device_description(config["device"]),
+            "test_accuracy": at,
+            "steps": evaluation["steps"],
+        },
+    )
+    run.write_json("history.json", result.history)
+    save_torch(
+        run.file("params-maml.pt"), {k: v.cpu() for k, v in result.params.items()}
+    )
+    print(
+        f"{name}: accuracy after {config['n_test_inner_steps']} steps "
+        f"{100 * at['mean']:.2f} +- {100 * at['ci95']:.2f} % over {at['n']} tasks "
+        f"({status}) -> {run.path}"
+    )
+    return status

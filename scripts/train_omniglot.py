@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from mamllib.fewshot import evaluate_maml, train_maml
+from mamllib.fewshot import evaluate_maml, save_results, train_maml
 from mamllib.omniglot import OmniglotTasks, load_omniglot
 from mamllib.presets import PRESETS, make_config
-from mamllib.runs import RunFolder, device_description, save_torch
+from mamllib.runs import RunFolder
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
@@ -61,32 +61,12 @@ print(
 )
 t0 = time.perf_counter()
 evaluation = evaluate_maml(result.params, test_tasks, config)
-at = evaluation["at_test_steps"]
-complete = result.iterations >= config["n_iterations"]
-status = (
-    "complete"
-    if complete and args.preset == "paper"
-    else (
-        f"partial: {args.preset} preset, {result.iterations:,} of "
-        f"{PRESETS[args.experiment]['paper']['n_iterations']:,} meta-iterations"
-    )
-)
-run.write_json(
-    "metrics.json",
-    {
-        "status": status,
-        "iterations": result.iterations,
-        "training_wall_time_s": round(result.wall_time_s, 1),
-        "evaluation_wall_time_s": round(time.perf_counter() - t0, 1),
-        "device": device_description(config["device"]),
-        "test_accuracy": at,
-        "steps": evaluation["steps"],
-    },
-)
-run.write_json("history.json", result.history)
-save_torch(run.file("params-maml.pt"), {k: v.cpu() for k, v in result.params.items()})
-print(
-    f"{args.experiment}: accuracy after {config['n_test_inner_steps']} steps "
-    f"{100 * at['mean']:.2f} +- {100 * at['ci95']:.2f} % over {at['n']} tasks "
-    f"({status}) -> {run.path}"
+save_results(
+    run,
+    config,
+    result,
+    evaluation,
+    time.perf_counter() - t0,
+    PRESETS[args.experiment]["paper"]["n_iterations"],
+    args.experiment,
 )
