@@ -283,6 +283,58 @@ PRESETS["navigation"] = {
 }
 
 
+# Half-cheetah and ant, paper §5.3 and App. A.2 (mamllib/rl/locomotion.py; notebook 10).
+# cbfinn/maml_rl's cluster_maml_trpo_cheetah.py / _ant.py agree (fast_lr 0.1,
+# meta_step_size 0.01, fast_batch_size 20, meta_batch_size 40, max_path_length 200)
+# except n_itr 800; we follow the paper's "up to 500 meta-iterations".
+_LOCOMOTION_PAPER: dict[str, Any] = {
+    **_NAVIGATION_PAPER,
+    "n_traj": 20,  # trajectories per task (Figure 5: 20; 40 for ant forward/backward)
+    "horizon": 200,  # H = 200
+    "meta_batch_size": 40,  # tasks per meta-iteration (locomotion)
+    "n_eval_tasks": 40,  # fresh test goals from a fixed evaluation seed
+    "n_eval_traj": 20,  # Figure 5: 20 rollouts per adaptation step (40 for ant fwd/bwd)
+    "sim_threads": 1,  # MuJoCo threads for the batched step
+}
+del _LOCOMOTION_PAPER["reward"]  # the task decides the reward
+for _robot in ("half_cheetah", "ant"):
+    for _task in ("velocity", "direction"):
+        _paper = dict(_LOCOMOTION_PAPER)
+        if (_robot, _task) == ("ant", "direction"):
+            _paper.update(n_traj=40, n_eval_traj=40)
+        PRESETS[f"{_robot}-{_task}"] = {
+            "paper": _paper,
+            # A few minutes on a laptop CPU: the machinery at work, not the paper's
+            # numbers (locomotion needs hundreds of iterations to learn to run).
+            "book": {
+                **_paper,
+                "meta_batch_size": 10,
+                "n_traj": 10,
+                "horizon": 100,
+                "n_iterations": 10,
+                "pretrain_iterations": 5,
+                "oracle_iterations": 5,
+                "n_eval_tasks": 10,
+                "n_eval_traj": 10,
+                "checkpoint_every": 5,
+            },
+            # Seconds on one core.
+            "ci": {
+                **_paper,
+                "meta_batch_size": 4,
+                "n_traj": 5,
+                "horizon": 50,
+                "n_iterations": 2,
+                "pretrain_iterations": 1,
+                "oracle_iterations": 1,
+                "n_eval_tasks": 4,
+                "n_eval_traj": 5,
+                "n_eval_steps": 1,
+                "checkpoint_every": 1,
+            },
+        }
+
+
 def resolve_preset(value: str) -> str:
     """The preset to use: ``MAMLLIB_PRESET`` if set, else ``value``; validated."""
     name = os.environ.get(ENV_VAR) or value
@@ -347,6 +399,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scheme": (lambda v: v in ("paper", "original"), "'paper' or 'original'"),
     "rotations": (lambda v: isinstance(v, bool), "True or False"),
     "meta_batch_size": _int_at_least(1),
+    "sim_threads": _int_at_least(1),
     "n_iterations": _int_at_least(0),
     "pretrain_iterations": _int_at_least(0),
     "oracle_iterations": _int_at_least(0),

@@ -16,7 +16,6 @@ import torch
 
 from mamllib.batch import Batch
 from mamllib.models import MLP, Params
-from mamllib.rl.envs import Navigation2D
 from mamllib.rl.policy import per_task_mean, policy_mean
 
 
@@ -49,11 +48,15 @@ class Trajectories(Batch):
 def sample_trajectories(
     model: MLP,
     params: Params,
-    env: Navigation2D,
+    env,
     horizon: int,
     generator: torch.Generator,
 ) -> Trajectories:
     """Roll out the Gaussian policy ``params`` in ``env`` for ``horizon`` steps.
+
+    ``env`` is a :class:`~mamllib.rl.envs.Navigation2D` or a
+    :class:`~mamllib.rl.locomotion.Locomotion`: anything with ``reset()``,
+    ``step(actions)``, ``alive`` and ``position``.
 
     ``params`` is either one policy (shared by every task) or a meta-batch of policies
     with a leading task axis (``params["log_std"]`` is then ``[n_tasks, act_dim]``),

@@ -1,4 +1,5 @@
-"""2D navigation with MAML-TRPO: meta-training, the baselines, evaluation (top floor).
+"""MAML-TRPO on 2D navigation and on locomotion: meta-training, the baselines,
+evaluation (top floor).
 
 The side effects live here: progress bar, checkpoints (atomic, with the random stream's
 state, saved on Ctrl-C and at a time limit, so a resumed run continues exactly), the
@@ -9,7 +10,11 @@ history. Methods (paper §5.3):
 * ``oracle``: TRPO with the goal in the observation; not adapted;
 * ``random``: the initial parameters, fine-tuned (needs no training).
 
-Notebook 09 walks through it; ``scripts/train_navigation.py`` runs it headlessly.
+The experiment (``config["experiment"]``) picks the environment: ``navigation``
+(:class:`~mamllib.rl.envs.Navigation2D`) or ``<robot>-<task>`` such as
+``half_cheetah-direction`` (:class:`~mamllib.rl.locomotion.Locomotion`).
+Notebooks 09 and 10 walk through it; ``scripts/train_navigation.py`` and
+``scripts/train_locomotion.py`` run it headlessly.
 """
 
 from __future__ import annotations
@@ -50,17 +55,74 @@ _NOT_TRAINING = {
     "n_eval_steps",
     "device",
     "path",
+    "sim_threads",
 }
 
 
+def is_locomotion(config: dict[str, Any]) -> bool:
+    return config.get("experiment", "navigation") != "navigation"
+
+
+def make_env(
+    config: dict[str, Any],
+    goals: torch.Tensor,
+    n_traj: int,
+    oracle: bool,
+    generator: torch.Generator,
+):
+    """The experiment's batch of environments for ``goals`` (``generator`` draws the
+    locomotion's initial states)."""
+    if not is_locomotion(config):
+        return Navigation2D(goals, n_traj, config["reward"], oracle=oracle)
+    from mamllib.rl.locomotion import Locomotion
+
+    robot, task = config["experiment"].split("-")
+    return Locomotion(
+        robot,
+        task,
+        goals,
+        n_traj,
+        generator,
+        oracle=oracle,
+        threads=config.get("sim_threads", 1),
+    )
+
+
+def sample_task_goals(
+    config: dict[str, Any], n_tasks: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Goals of ``n_tasks`` tasks of the experiment."""
+    if not is_locomotion(config):
+        return sample_goals(n_tasks, generator)
+    from mamllib.rl import locomotion
+
+    robot, task = config["experiment"].split("-")
+    return locomotion.sample_goals(robot, task, n_tasks, generator)
+
+
+def env_dims(config: dict[str, Any]) -> tuple[int, int]:
+    """(observation, action) sizes without the oracle's goal."""
+    if not is_locomotion(config):
+        return 2, 2
+    from mamllib.rl.locomotion import ROBOTS, load_model
+
+    robot = config["experiment"].split("-")[0]
+    model = load_model(robot)
+    return model.nq - ROBOTS[robot].obs_skip + model.nv, model.nu
+
+
 def models(config: dict[str, Any]) -> dict[str, MLP]:
-    """Mean networks: 2 -> 100 -> 100 -> 2; the oracle sees the goal too (4 inputs)."""
+    """Mean networks: obs -> 100 -> 100 -> actions (navigation 2 -> 2, cheetah
+    17 -> 6, ant 27 -> 8); the oracle sees the goal too (navigation: 2 more inputs,
+    locomotion: 1)."""
     hidden = tuple(config["hidden_sizes"])
+    obs_dim, act_dim = env_dims(config)
+    goal_dim = 1 if is_locomotion(config) else 2
     return {
-        "maml": policy_model(2, 2, hidden),
-        "pretrained": policy_model(2, 2, hidden),
-        "random": policy_model(2, 2, hidden),
-        "oracle": policy_model(4, 2, hidden),
+        "maml": policy_model(obs_dim, act_dim, hidden),
+        "pretrained": policy_model(obs_dim, act_dim, hidden),
+        "random": policy_model(obs_dim, act_dim, hidden),
+        "oracle": policy_model(obs_dim + goal_dim, act_dim, hidden),
     }
 
 
@@ -110,10 +172,8 @@ def meta_iteration(
     Returns the new parameters and the iteration's statistics (average returns before
     and after the inner step, the KL reached, the line-search step taken).
     """
-    goals = sample_goals(config["meta_batch_size"], generator)
-    env = Navigation2D(
-        goals, config["n_traj"], config["reward"], oracle=(method == "oracle")
-    )
+    goals = sample_task_goals(config, config["meta_batch_size"], generator)
+    env = make_env(config, goals, config["n_traj"], method == "oracle", generator)
     traj = sample_trajectories(model, params, env, config["horizon"], generator)
     stats = {"return_pre": traj.returns().mean().item()}
     if method == "maml":
@@ -281,9 +341,15 @@ def load_trained(method: str, checkpoint: Path) -> FitResult:
     )
 
 
-def evaluation_goals(n_tasks: int, seed: int = EVAL_SEED) -> torch.Tensor:
-    """Fixed test goals: the same for every method and run."""
-    return sample_goals(n_tasks, torch.Generator().manual_seed(seed))
+def evaluation_goals(
+    n_tasks: int, seed: int = EVAL_SEED, config: dict[str, Any] | None = None
+) -> torch.Tensor:
+    """Fixed test goals: the same for every method and run (navigation unless
+    ``config`` names another experiment)."""
+    generator = torch.Generator().manual_seed(seed)
+    if config is None:
+        return sample_goals(n_tasks, generator)
+    return sample_task_goals(config, n_tasks, generator)
 
 
 def adaptation_returns(
@@ -301,12 +367,11 @@ def adaptation_returns(
         ``(returns [n_tasks, n_steps + 1], paths)`` where ``paths[j]`` holds the
         positions ``[keep_paths, n_traj, T + 1, 2]`` of the first tasks after j steps.
     """
-    goals = evaluation_goals(config["n_eval_tasks"]) if goals is None else goals
+    if goals is None:
+        goals = evaluation_goals(config["n_eval_tasks"], config=config)
     model = models(config)[method]
     generator = torch.Generator().manual_seed(EVAL_SEED + 1)
-    env = Navigation2D(
-        goals, config["n_eval_traj"], config["reward"], oracle=(method == "oracle")
-    )
+    env = make_env(config, goals, config["n_eval_traj"], method == "oracle", generator)
     params = {k: v.detach() for k, v in params.items()}
     columns, paths = [], []
     for step in range(config["n_eval_steps"] + 1):
@@ -346,6 +411,17 @@ __all__ = [
     "models",
     "train_policy",
 ]
+
+
+# The paper's App. C tables: MAML's average return after 0, 1, 2, 3 steps (the other
+# locomotion tasks are reported only as curves, Figure 5).
+PAPER_APPENDIX_C = {
+    "navigation": ("2D navigation (point mass)", [-40.41, -11.68, -3.33, -3.23]),
+    "half_cheetah-direction": (
+        "Half-cheetah forward/backward",
+        [-50.69, 293.19, 313.48, 315.65],
+    ),
+}
 
 
 def save_results(
@@ -390,16 +466,21 @@ def save_results(
         "n_eval_tasks": config["n_eval_tasks"],
         "n_eval_traj": config["n_eval_traj"],
         "returns": evaluation["metrics"],
-        "paper_appendix_c_maml": [-40.41, -11.68, -3.33, -3.23],
+        "paper_appendix_c_maml": PAPER_APPENDIX_C.get(
+            config.get("experiment", "navigation"), (None, None)
+        )[1],
     }
     run.write_json("metrics.json", metrics)
     run.write_json("history.json", {m: r.history for m, r in results.items()})
     maml = evaluation["metrics"].get("maml", {}).get("steps", [])
+    name, paper_returns = PAPER_APPENDIX_C.get(
+        config.get("experiment", "navigation"), (None, None)
+    )
     run.write_json(
         "reproduction.json",
         [
             {
-                "experiment": "2D navigation (point mass)",
+                "experiment": name,
                 "quantity": f"MAML: average return after {s['step']} "
                 f"step{'s' * (s['step'] != 1)}",
                 "paper": paper,
@@ -410,7 +491,7 @@ def save_results(
                 "lower_is_better": False,
                 "status": status,
             }
-            for s, paper in zip(maml, metrics["paper_appendix_c_maml"])
+            for s, paper in zip(maml, paper_returns or [])
         ],
     )
     for method, result in results.items():
