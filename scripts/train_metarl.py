@@ -31,7 +31,7 @@ from mamllib.rl.train import (
     save_results,
     train_policy,
 )
-from mamllib.runs import RunFolder
+from mamllib.runs import RunFolder, keep_freed_memory
 
 parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
 parser.add_argument(
@@ -78,6 +78,7 @@ parser.add_argument(
 )
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
+keep_freed_memory()  # about 2x faster at the locomotion paper preset (see its doc)
 overrides = {"seed": args.seed, "path": args.path}
 if args.experiment != "navigation":
     overrides["sim_threads"] = args.sim_threads
