@@ -190,10 +190,11 @@ def test_meta_objective_fast_path_equals_loop_on_cheetah_data():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_ci_run_trains_resumes_and_evaluates(tmp_path):
-    """The ci preset end to end: MAML-TRPO iterations on the cheetah, a checkpoint
-    that resumes, returns after 0 and 1 adaptation steps."""
-    config = make_config("half_cheetah-direction", "ci")
+@pytest.mark.parametrize("experiment", ["half_cheetah-direction", "ant-velocity"])
+def test_ci_run_trains_resumes_and_evaluates(tmp_path, experiment):
+    """The ci preset end to end: MAML-TRPO iterations, a checkpoint that resumes,
+    returns after 0 and 1 adaptation steps."""
+    config = make_config(experiment, "ci")
     checkpoint = tmp_path / "checkpoint-maml.pt"
     first = train_policy("maml", {**config, "n_iterations": 1}, checkpoint)
     assert first.iterations == 1
