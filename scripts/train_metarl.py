@@ -121,6 +121,7 @@ for method, values in metrics["returns"].items():
     steps = " / ".join(f"{s['mean']:.2f} +- {s['ci95']:.2f}" for s in values["steps"])
     print(f"{method:>10}: {steps}", flush=True)
 if args.artifact:
+    import os
     import shlex
     import shutil
     import sys
@@ -142,7 +143,11 @@ if args.artifact:
         shutil.copy2(src, target / src.name)
     write_manifest(
         target,
-        command="python " + " ".join(shlex.quote(a) for a in sys.argv),
+        command="python "
+        + " ".join(
+            shlex.quote(a)
+            for a in [os.path.relpath(sys.argv[0], repo_root()), *sys.argv[1:]]
+        ),
         commit=commit,
         device=device_description("cpu"),
         training_wall_time_s=metrics["training_wall_time_s"],
