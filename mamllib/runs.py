@@ -174,11 +174,11 @@ def keep_freed_memory() -> bool:
     By default glibc serves every allocation above 32 MB with ``mmap`` and hands it
     back on ``free``, so each meta-iteration that builds big activations pays for
     fresh pages again: the kernel faults and zeroes them. At the locomotion paper
-    preset that was 31 of 73 s of a MAML-TRPO iteration in system time on this
-    book's CPU; keeping the memory brought the iteration to 34 s
-    (``benchmarks/metarl_cost.py``). The cost: the process keeps its peak memory
-    until it ends. The same as starting Python with ``MALLOC_MMAP_MAX_=0
-    MALLOC_TRIM_THRESHOLD_=<large>``.
+    preset, keeping the memory took a MAML-TRPO iteration from 73.7 to 41.1 s on this
+    book's CPU (``benchmarks/metarl_cost.py``; ``benchmarks/results/metarl-cost-cpu*``),
+    and the system time of the process from about 31 to 3 s. The cost: the process
+    keeps its peak memory until it ends. The same as starting Python with
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``.
     """
     import ctypes
     import ctypes.util

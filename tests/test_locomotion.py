@@ -5,11 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-gym = pytest.importorskip("gymnasium")
+pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 
 from mamllib.presets import make_config  # noqa: E402
-from mamllib.rl.locomotion import ROBOTS, Locomotion, sample_goals  # noqa: E402
+from mamllib.rl.locomotion import (  # noqa: E402
+    ROBOTS,
+    Locomotion,
+    gymnasium_env,
+    sample_goals,
+)
 from mamllib.rl.metarl import meta_objective_loop, meta_objective_vmap  # noqa: E402
 from mamllib.rl.train import (  # noqa: E402
     adaptation_returns,
@@ -22,16 +27,6 @@ from mamllib.rl.train import (  # noqa: E402
 )
 
 
-def _gym_env(robot):
-    """gymnasium's own environment at our control step (ant: no contact forces in
-    the observation, as ours)."""
-    if robot == "ant":
-        return gym.make(
-            "Ant-v5", frame_skip=2, include_cfrc_ext_in_observation=False
-        ).unwrapped
-    return gym.make("HalfCheetah-v5", frame_skip=1).unwrapped
-
-
 @pytest.mark.parametrize("robot", ["half_cheetah", "ant"])
 def test_batched_step_equals_gymnasium_step(robot):
     """Every episode of the batch follows gymnasium's own env.step from the same state:
@@ -42,7 +37,7 @@ def test_batched_step_equals_gymnasium_step(robot):
     actions = torch.rand(30, 2, 3, env.act_dim, generator=g) * 2.4 - 1.2
     refs = {}
     for i in (0, 4):
-        refs[i] = _gym_env(robot)
+        refs[i] = gymnasium_env(robot)
         refs[i].reset(seed=0)
         refs[i].set_state(env.qpos[i].copy(), env.qvel[i].copy())
     for t in range(30):

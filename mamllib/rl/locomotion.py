@@ -52,14 +52,13 @@ Introduced in notebook 10. Needs ``mujoco`` (installed with ``gymnasium[mujoco]`
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-HORIZON = 200
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,14 @@ ROBOTS = {
 TASKS = ("velocity", "direction")
 
 
+@functools.cache
 def load_model(robot: str):
     """gymnasium's MuJoCo model of ``robot``, compiled (without its deprecation
-    warning: the cheetah's ``settotalmass`` is applied after compiling instead)."""
+    warning: the cheetah's ``settotalmass`` is applied after compiling instead).
+
+    Compiled once per process (the cheetah takes about 60 ms) and shared: nothing
+    here writes to the model, the episodes' states live in arrays.
+    """
     try:
         import gymnasium
         import mujoco
@@ -111,6 +115,29 @@ def load_model(robot: str):
         mujoco.mj_setTotalmass(model, float(total_mass.group(1)))
         mujoco.mj_setConst(model, mujoco.MjData(model))
     return model
+
+
+def dims(robot: str) -> tuple[int, int]:
+    """(observation, action) sizes of ``robot`` without the oracle's goal: cheetah
+    (17, 6), ant (27, 8)."""
+    model = load_model(robot)
+    return model.nq - ROBOTS[robot].obs_skip + model.nv, model.nu
+
+
+def gymnasium_env(robot: str):
+    """gymnasium's own environment of ``robot`` at our control step (the ant without
+    contact forces in its observation, as ours): the reference the batched step is
+    checked against (tests, notebook 10)."""
+    import gymnasium
+
+    frame_skip = ROBOTS[robot].frame_skip
+    if robot == "ant":
+        env = gymnasium.make(
+            "Ant-v5", frame_skip=frame_skip, include_cfrc_ext_in_observation=False
+        )
+    else:
+        env = gymnasium.make("HalfCheetah-v5", frame_skip=frame_skip)
+    return env.unwrapped
 
 
 def sample_goals(
@@ -184,7 +211,7 @@ class Locomotion:
             raise RuntimeError(
                 f"unexpected MuJoCo state layout: {self.state_size} != {expected}"
             )
-        self.obs_dim = self.nq - self.spec.obs_skip + self.nv + (1 if oracle else 0)
+        self.obs_dim = dims(robot)[0] + (1 if oracle else 0)
         self.shape = (goals.shape[0], self.n_traj)
         self.n = goals.shape[0] * self.n_traj
         self.state = np.zeros((self.n, self.state_size))

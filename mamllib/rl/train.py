@@ -13,8 +13,7 @@ history. Methods (paper §5.3):
 The experiment (``config["experiment"]``) picks the environment: ``navigation``
 (:class:`~mamllib.rl.envs.Navigation2D`) or ``<robot>-<task>`` such as
 ``half_cheetah-direction`` (:class:`~mamllib.rl.locomotion.Locomotion`).
-Notebooks 09 and 10 walk through it; ``scripts/train_navigation.py`` and
-``scripts/train_locomotion.py`` run it headlessly.
+Notebooks 09 and 10 walk through it; ``scripts/train_metarl.py`` runs it headlessly.
 """
 
 from __future__ import annotations
@@ -63,6 +62,12 @@ def is_locomotion(config: dict[str, Any]) -> bool:
     return config.get("experiment", "navigation") != "navigation"
 
 
+def _robot_task(config: dict[str, Any]) -> tuple[str, str]:
+    """``"half_cheetah-direction"`` -> ``("half_cheetah", "direction")``."""
+    robot, task = config["experiment"].split("-")
+    return robot, task
+
+
 def make_env(
     config: dict[str, Any],
     goals: torch.Tensor,
@@ -76,7 +81,7 @@ def make_env(
         return Navigation2D(goals, n_traj, config["reward"], oracle=oracle)
     from mamllib.rl.locomotion import Locomotion
 
-    robot, task = config["experiment"].split("-")
+    robot, task = _robot_task(config)
     return Locomotion(
         robot,
         task,
@@ -96,19 +101,16 @@ def sample_task_goals(
         return sample_goals(n_tasks, generator)
     from mamllib.rl import locomotion
 
-    robot, task = config["experiment"].split("-")
-    return locomotion.sample_goals(robot, task, n_tasks, generator)
+    return locomotion.sample_goals(*_robot_task(config), n_tasks, generator)
 
 
 def env_dims(config: dict[str, Any]) -> tuple[int, int]:
     """(observation, action) sizes without the oracle's goal."""
     if not is_locomotion(config):
         return 2, 2
-    from mamllib.rl.locomotion import ROBOTS, load_model
+    from mamllib.rl.locomotion import dims
 
-    robot = config["experiment"].split("-")[0]
-    model = load_model(robot)
-    return model.nq - ROBOTS[robot].obs_skip + model.nv, model.nu
+    return dims(_robot_task(config)[0])
 
 
 def models(config: dict[str, Any]) -> dict[str, MLP]:
@@ -451,6 +453,9 @@ def save_results(
         else f"partial: {config['preset']} preset, iterations reached "
         + ", ".join(f"{m} {reached[m]} of {targets[m]}" for m in reached)
     )
+    name, paper_returns = PAPER_APPENDIX_C.get(
+        config.get("experiment", "navigation"), (None, None)
+    )
     metrics = {
         "status": status,
         "iterations": reached,
@@ -466,16 +471,11 @@ def save_results(
         "n_eval_tasks": config["n_eval_tasks"],
         "n_eval_traj": config["n_eval_traj"],
         "returns": evaluation["metrics"],
-        "paper_appendix_c_maml": PAPER_APPENDIX_C.get(
-            config.get("experiment", "navigation"), (None, None)
-        )[1],
+        "paper_appendix_c_maml": paper_returns,
     }
     run.write_json("metrics.json", metrics)
     run.write_json("history.json", {m: r.history for m, r in results.items()})
     maml = evaluation["metrics"].get("maml", {}).get("steps", [])
-    name, paper_returns = PAPER_APPENDIX_C.get(
-        config.get("experiment", "navigation"), (None, None)
-    )
     run.write_json(
         "reproduction.json",
         [
