@@ -12,6 +12,7 @@ training (with a checkpoint), so a long run can be made in pieces.
     python scripts/train_miniimagenet.py --experiment miniimagenet-5way-1shot \\
         --preset paper --device cuda --time-limit 3600
     python scripts/train_miniimagenet.py --first-order   # the paper's first-order row
+    python scripts/train_miniimagenet.py --iterations 300  # first 300 of 60,000
 
 The data: ``MAMLLIB_DATA`` (see :mod:`mamllib.miniimagenet`).
 """
@@ -24,7 +25,7 @@ import torch
 from mamllib.fewshot import evaluate_maml, save_results, train_maml
 from mamllib.miniimagenet import MiniImagenetTasks, load_miniimagenet
 from mamllib.presets import PRESETS, make_config
-from mamllib.runs import RunFolder
+from mamllib.runs import RunFolder, keep_freed_memory
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
@@ -39,6 +40,13 @@ parser.add_argument("--path", default=None, help="loop | vmap | batched")
 parser.add_argument(
     "--first-order", action="store_true", help="first-order MAML (its own run folder)"
 )
+parser.add_argument(
+    "--iterations",
+    type=int,
+    default=None,
+    help="train to this meta-iteration and stop (default: the preset's); the run "
+    "folder stays the preset's, so a later call without it continues the run",
+)
 parser.add_argument("--threads", type=int, default=None)
 parser.add_argument(
     "--time-limit",
@@ -47,6 +55,10 @@ parser.add_argument(
     help="seconds of training in this call (then checkpoint and stop)",
 )
 args = parser.parse_args()
+# Measured at the 5-way 1-shot paper shapes, one CPU thread: 11.7 -> 8.6 s per
+# meta-iteration (the 270 MB activations of the query images are no longer returned
+# to the kernel and faulted in again every iteration; see the function's doc).
+keep_freed_memory()
 if args.threads:
     torch.set_num_threads(args.threads)
 config = make_config(
@@ -56,7 +68,10 @@ config = make_config(
     device=args.device,
     path=args.path,
     first_order=args.first_order or None,
+    n_iterations=args.iterations,
 )
+if args.iterations is not None and args.iterations < 1:
+    parser.error(f"--iterations must be >= 1, got {args.iterations}")
 name = args.experiment + ("-first-order" if config["first_order"] else "")
 run = RunFolder(f"08-miniimagenet/{name}", config["preset"], config["seed"])
 run.write_json("config.json", config)
