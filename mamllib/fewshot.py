@@ -26,6 +26,20 @@ from mamllib.runs import RunFolder, device_description, save_torch
 from mamllib.tasks import make_generator
 from mamllib.train import FitResult, fit, meta_objective
 
+# Finn et al. 2017, Table 1: test accuracy (%) with its 95% CI, by run name (the
+# experiment, plus "-first-order" for the paper's first-order approximation). The
+# Omniglot and MiniImageNet chapters and scripts/fewshot_artifact.py read it here.
+PAPER_TABLE1: dict[str, tuple[float, float]] = {
+    "omniglot-5way-1shot": (98.7, 0.4),
+    "omniglot-5way-5shot": (99.9, 0.1),
+    "omniglot-20way-1shot": (95.8, 0.3),
+    "omniglot-20way-5shot": (98.9, 0.2),
+    "miniimagenet-5way-1shot": (48.70, 1.84),
+    "miniimagenet-5way-5shot": (63.11, 0.92),
+    "miniimagenet-5way-1shot-first-order": (48.07, 1.75),
+    "miniimagenet-5way-5shot-first-order": (63.15, 0.91),
+}
+
 # Settings that do not change what training computes (see sinusoid._NOT_TRAINING).
 _NOT_TRAINING = {
     "preset",
