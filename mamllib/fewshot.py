@@ -301,7 +301,9 @@ def save_results(
     of the paper's ``paper_iterations``. ``facts`` go into ``metrics.json`` after the
     status. Prints a one-line summary and returns the status.
     """
-    complete = result.iterations >= config["n_iterations"]
+    # Complete means the paper's iterations, whatever n_iterations this call had
+    # (train_miniimagenet.py --iterations stops a paper run early).
+    complete = result.iterations >= paper_iterations
     status = (
         "complete"
         if complete and config["preset"] == "paper"

@@ -470,6 +470,33 @@ def test_train_selects_on_validation_and_resumes(splits, tmp_path, monkeypatch):
     assert check["at_test_steps"]["mean"] == pytest.approx(accuracies[best])
 
 
+def test_a_paper_run_stopped_early_is_labelled_partial(tmp_path):
+    """--iterations N lowers n_iterations: reaching it is not reaching the paper's."""
+    from mamllib.fewshot import save_results
+    from mamllib.presets import make_config
+    from mamllib.runs import RunFolder, read_json
+    from mamllib.train import FitResult
+
+    evaluation = {
+        "at_test_steps": {"mean": 0.4, "ci95": 0.02, "n": 600},
+        "steps": {"mean": [0.2, 0.4], "ci95": [0.01, 0.02]},
+    }
+    params = {"w": torch.zeros(1)}
+    for n_iterations, reached, expected in (
+        (300, 300, "partial: paper preset, 300 of 60,000 meta-iterations"),
+        (60_000, 1_234, "partial: paper preset, 1,234 of 60,000 meta-iterations"),
+        (60_000, 60_000, "complete"),
+    ):
+        config = make_config(
+            "miniimagenet-5way-1shot", "paper", n_iterations=n_iterations
+        )
+        run = RunFolder("mini", "paper", reached, root=tmp_path)
+        result = FitResult(params, {"iteration": [], "loss": []}, reached, 1.0, None)
+        status = save_results(run, config, result, evaluation, 1.0, 60_000, "mini")
+        assert status == expected
+        assert read_json(run.file("metrics.json"))["status"] == expected
+
+
 def test_loop_evaluation_equals_the_vmap_curve():
     """evaluate_maml scores 84x84 tasks one at a time (faster on a CPU): the same
     curve as the vmap adaptation_curve."""
