@@ -26,7 +26,7 @@ root (a few minutes on a 2-core CPU):
 
     .venv/bin/python benchmarks/second_order_cost.py [--threads 2] [--iters 1]
         [--steps 1 2 3 4 5 6 7 8 9 10] [--checkpointing 1 5 10] [--device cpu]
-        [--out benchmarks/results/second-order-cost-cpu.json]
+        [--allocator keep] [--out benchmarks/results/second-order-cost-cpu.json]
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ import weakref
 from pathlib import Path
 
 import torch
+
+from mamllib.runs import git_commit
 
 PAPER_SHAPES = {
     "n_way": 5,
@@ -205,10 +207,21 @@ def main() -> None:
     )
     parser.add_argument("--out", default=None)
     parser.add_argument("--note", default="", help="conditions of the run, kept")
+    parser.add_argument(
+        "--allocator",
+        choices=["keep", "default"],
+        default="keep",
+        help="keep: mamllib.runs.keep_freed_memory() (what training does); default: "
+        "glibc's default (big blocks returned to the system on free)",
+    )
     parser.add_argument("--one", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:  # inside the subprocess: one configuration, JSON on stdout
+        if args.allocator == "keep":
+            from mamllib.runs import keep_freed_memory
+
+            keep_freed_memory()
         result = measure(args.one[0], int(args.one[1]), args.iters, args.device)
         print(json.dumps(result))
         return
@@ -229,6 +242,8 @@ def main() -> None:
             str(args.threads),
             "--device",
             args.device,
+            "--allocator",
+            args.allocator,
         ]
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -287,6 +302,8 @@ def write(args, results: list[dict], started: float, final: bool = False) -> Non
         "path": "batched (checkpointed: per-task loop with torch.utils.checkpoint)",
         "device": args.device,
         "threads": args.threads,
+        "allocator": args.allocator,
+        "commit": git_commit(),
         "iters": args.iters,
         "torch": torch.__version__,
         "machine": platform.machine(),
