@@ -229,6 +229,7 @@ def main() -> None:
     configurations += [(n, VARIANTS[2]) for n in args.checkpointing or []]
     results = []
     started = time.perf_counter()
+    args.commit = git_commit()  # before the report exists: it would make the tree dirty
     for n_steps, variant in configurations:
         command = [
             sys.executable,
@@ -303,7 +304,7 @@ def write(args, results: list[dict], started: float, final: bool = False) -> Non
         "device": args.device,
         "threads": args.threads,
         "allocator": args.allocator,
-        "commit": git_commit(),
+        "commit": args.commit,
         "iters": args.iters,
         "torch": torch.__version__,
         "machine": platform.machine(),
