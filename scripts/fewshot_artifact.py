@@ -20,6 +20,7 @@ device, wall time, note, sha256 of every file).
 import argparse
 import shutil
 import time
+from pathlib import Path
 
 from mamllib.fewshot import PAPER_TABLE1
 from mamllib.runs import (
@@ -50,6 +51,9 @@ parser.add_argument("--command", required=True, help="the command(s) that made i
 parser.add_argument("--device", default=None, help="overrides metrics.json's device")
 parser.add_argument("--note", default="")
 parser.add_argument("--extra", nargs="*", default=[], help="more files to include")
+parser.add_argument(
+    "--artifacts", default=None, help="where artifacts go (default: artifacts/)"
+)
 args = parser.parse_args()
 
 dataset = args.experiment.split("-")[0]
@@ -62,7 +66,7 @@ if not metrics_path.exists():
         "first (it evaluates and writes metrics.json when it stops)"
     )
 metrics = read_json(metrics_path)
-target = repo_root() / "artifacts" / args.name
+target = Path(args.artifacts or repo_root() / "artifacts") / args.name
 if target.exists():
     raise SystemExit(f"{target} exists: choose another --name or remove it first")
 target.mkdir(parents=True)

@@ -513,3 +513,66 @@ def test_loop_evaluation_equals_the_vmap_curve():
         adaptation_curve_loop(*args, metric_fn=accuracy),
         adaptation_curve(*args, metric_fn=accuracy),
     )
+
+
+def test_artifact_script_copies_a_first_order_run(tmp_path):
+    """scripts/fewshot_artifact.py on a made-up MiniImageNet first-order run folder:
+    the files, the Table 1 row it is set beside, the manifest; and its refusals."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mamllib.runs import RunFolder, read_json, repo_root, sha256
+
+    results = tmp_path / "results"
+    run = RunFolder(
+        "08-miniimagenet/miniimagenet-5way-1shot-first-order",
+        "paper",
+        0,
+        root=tmp_path,
+    )
+    status = "partial: paper preset, 300 of 60,000 meta-iterations"
+    metrics = {
+        "status": status,
+        "iterations": 300,
+        "training_wall_time_s": 1500.0,
+        "evaluation_wall_time_s": 600.0,
+        "device": "cpu",
+        "test_accuracy": {"mean": 0.3, "ci95": 0.015, "n": 600},
+    }
+    run.write_json("metrics.json", metrics)
+    run.write_json("config.json", {"n_way": 5, "k_shot": 1, "n_test_inner_steps": 10})
+    run.write_json("history.json", {"iteration": [50], "loss": [1.5]})
+    torch.save({"w": torch.zeros(1)}, run.file("params-maml.pt"))
+    torch.save({"iteration": [300]}, run.file("selection-maml.pt"))
+    script = [sys.executable, str(repo_root() / "scripts/fewshot_artifact.py")]
+    args = ["--experiment", "miniimagenet-5way-1shot", "--name", "fo", "--command",
+            "python scripts/train_miniimagenet.py --first-order --iterations 300",
+            "--artifacts", str(tmp_path / "artifacts")]  # fmt: skip
+    env = {**os.environ, "MAMLLIB_RESULTS": str(results)}
+
+    def call(*extra):
+        return subprocess.run(
+            script + args + list(extra), env=env, capture_output=True, text=True
+        )
+
+    # Without --first-order it looks for the second-order run, which is not there.
+    missing = call()
+    assert missing.returncode != 0 and "train_miniimagenet.py" in missing.stderr
+    assert not (tmp_path / "artifacts" / "fo").exists()
+    done = call("--first-order")
+    assert done.returncode == 0, done.stderr
+    target = tmp_path / "artifacts" / "fo"
+    assert read_json(target / "metrics.json") == metrics
+    assert (target / "selection-maml.pt").exists()
+    (row,) = read_json(target / "reproduction.json")
+    assert (row["paper"], row["paper_ci95"], row["source"]) == (48.07, 1.75, "Table 1")
+    assert row["quantity"].startswith("first-order MAML")
+    assert (row["ours"], row["status"]) == (30.0, status)
+    manifest = read_json(target / "manifest.json")
+    assert manifest["iterations"] == 300 and manifest["command"].endswith("300")
+    assert manifest["files"]["params-maml.pt"] == sha256(target / "params-maml.pt")
+    assert json.loads((target / "manifest.json").read_text())["device"] == "cpu"
+    again = call("--first-order")  # never overwrites an artifact
+    assert again.returncode != 0 and "exists" in again.stderr
