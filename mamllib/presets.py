@@ -188,9 +188,9 @@ def _miniimagenet_presets(k_shot: int, meta_batch_size: int) -> dict[str, dict]:
     }
     return {
         "paper": paper,
-        # Minutes on a laptop CPU. One paper-sized meta-iteration takes 7-13 s on one
-        # core of a 2-core CPU (80 images of 84x84 per task, 5 inner steps) and
-        # scoring one test task (10 steps) about 1 s, so the book trains only 20
+        # Minutes on a laptop CPU. One paper-sized meta-iteration takes about 6 s on
+        # one core of a 2-core CPU (80 images of 84x84 per task, 5 inner steps) and
+        # scoring one test task (10 steps) about 0.8 s, so the book trains only 20
         # of the 60,000 meta-iterations, at the paper's shapes, on the first 100
         # images of each class, and scores 100 test tasks: the machinery and the
         # cost, not the paper's accuracy.
