@@ -54,7 +54,16 @@ parser.add_argument("--extra", nargs="*", default=[], help="more files to includ
 parser.add_argument(
     "--artifacts", default=None, help="where artifacts go (default: artifacts/)"
 )
+parser.add_argument(
+    "--replace",
+    action="store_true",
+    help="replace an existing artifact of that name (copy the files you want to keep "
+    "out first and pass them with --extra)",
+)
 args = parser.parse_args()
+# The commit before anything is touched: replacing a committed artifact would make
+# the tree look dirty.
+commit = git_commit()
 
 dataset = args.experiment.split("-")[0]
 run_name = args.experiment + ("-first-order" if args.first_order else "")
@@ -68,7 +77,12 @@ if not metrics_path.exists():
 metrics = read_json(metrics_path)
 target = Path(args.artifacts or repo_root() / "artifacts") / args.name
 if target.exists():
-    raise SystemExit(f"{target} exists: choose another --name or remove it first")
+    if not args.replace:
+        raise SystemExit(
+            f"{target} exists: choose another --name, or --replace it (after copying "
+            "out what it should keep)"
+        )
+    shutil.rmtree(target)
 target.mkdir(parents=True)
 names = ["config.json", "metrics.json", "history.json", "params-maml.pt"]
 for name in names + ["checkpoint-maml.pt", "selection-maml.pt"]:
@@ -102,7 +116,7 @@ write_json(
 write_manifest(
     target,
     command=args.command,
-    commit=git_commit(),
+    commit=commit,
     device=args.device or metrics["device"],
     training_wall_time_s=metrics["training_wall_time_s"],
     evaluation_wall_time_s=metrics["evaluation_wall_time_s"],

@@ -574,5 +574,9 @@ def test_artifact_script_copies_a_first_order_run(tmp_path):
     assert manifest["iterations"] == 300 and manifest["command"].endswith("300")
     assert manifest["files"]["params-maml.pt"] == sha256(target / "params-maml.pt")
     assert json.loads((target / "manifest.json").read_text())["device"] == "cpu"
-    again = call("--first-order")  # never overwrites an artifact
+    again = call("--first-order")  # never overwrites an artifact unasked
     assert again.returncode != 0 and "exists" in again.stderr
+    (target / "stale.txt").write_text("from an older artifact")
+    assert call("--first-order", "--replace").returncode == 0
+    assert not (target / "stale.txt").exists()
+    assert read_json(target / "metrics.json") == metrics
