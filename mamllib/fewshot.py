@@ -40,6 +40,24 @@ PAPER_TABLE1: dict[str, tuple[float, float]] = {
     "miniimagenet-5way-5shot-first-order": (63.15, 0.91),
 }
 
+# Where each chapter keeps its runs under results/.
+CHAPTER_RESULTS = {"omniglot": "07-omniglot", "miniimagenet": "08-miniimagenet"}
+
+
+def run_name(experiment: str, first_order: bool = False) -> str:
+    """The run folder of a few-shot experiment under ``results/`` (before preset and
+    seed): ``07-omniglot/omniglot-5way-1shot``,
+    ``08-miniimagenet/miniimagenet-5way-1shot-first-order``. The chapters, the training
+    scripts and ``scripts/fewshot_artifact.py`` all name runs through it."""
+    dataset = experiment.split("-")[0]
+    if dataset not in CHAPTER_RESULTS or experiment not in PAPER_TABLE1:
+        known = sorted(k for k in PAPER_TABLE1 if not k.endswith("-first-order"))
+        raise ValueError(f"unknown few-shot experiment {experiment!r}; known: {known}")
+    return f"{CHAPTER_RESULTS[dataset]}/{experiment}" + (
+        "-first-order" if first_order else ""
+    )
+
+
 # Settings that do not change what training computes (see sinusoid._NOT_TRAINING).
 _NOT_TRAINING = {
     "preset",

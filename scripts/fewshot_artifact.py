@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from mamllib.fewshot import PAPER_TABLE1
+from mamllib.fewshot import PAPER_TABLE1, run_name
 from mamllib.runs import (
     RunFolder,
     git_commit,
@@ -32,7 +32,6 @@ from mamllib.runs import (
     write_manifest,
 )
 
-CHAPTERS = {"omniglot": "07-omniglot", "miniimagenet": "08-miniimagenet"}
 DATASETS = {"omniglot": "Omniglot", "miniimagenet": "MiniImageNet"}
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,8 +65,9 @@ args = parser.parse_args()
 commit = git_commit()
 
 dataset = args.experiment.split("-")[0]
-run_name = args.experiment + ("-first-order" if args.first_order else "")
-run = RunFolder(f"{CHAPTERS[dataset]}/{run_name}", args.preset, args.seed)
+folder = run_name(args.experiment, args.first_order)
+setting = folder.split("/")[-1]  # the row of Table 1: experiment [+ -first-order]
+run = RunFolder(folder, args.preset, args.seed)
 metrics_path = run.file("metrics.json")
 if not metrics_path.exists():
     raise SystemExit(
@@ -91,7 +91,7 @@ for name in names + ["checkpoint-maml.pt", "selection-maml.pt"]:
 for extra in args.extra:
     shutil.copy2(extra, target)
 
-paper, paper_ci95 = PAPER_TABLE1[run_name]
+paper, paper_ci95 = PAPER_TABLE1[setting]
 config, at = read_json(run.file("config.json")), metrics["test_accuracy"]
 n_way, k_shot = config["n_way"], config["k_shot"]
 write_json(
@@ -124,4 +124,4 @@ write_manifest(
     created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     note=args.note,
 )
-print(f"{run_name}: {metrics['status']} -> {target}")
+print(f"{setting}: {metrics['status']} -> {target}")

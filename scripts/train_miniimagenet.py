@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from mamllib.fewshot import evaluate_maml, save_results, train_maml
+from mamllib.fewshot import evaluate_maml, run_name, save_results, train_maml
 from mamllib.miniimagenet import MiniImagenetTasks, load_miniimagenet
 from mamllib.presets import PRESETS, make_config
 from mamllib.runs import RunFolder, keep_freed_memory
@@ -72,8 +72,9 @@ config = make_config(
 )
 if args.iterations is not None and args.iterations < 1:
     parser.error(f"--iterations must be >= 1, got {args.iterations}")
-name = args.experiment + ("-first-order" if config["first_order"] else "")
-run = RunFolder(f"08-miniimagenet/{name}", config["preset"], config["seed"])
+folder = run_name(args.experiment, config["first_order"])
+name = folder.split("/")[-1]  # experiment [+ -first-order]
+run = RunFolder(folder, config["preset"], config["seed"])
 run.write_json("config.json", config)
 
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from mamllib.fewshot import evaluate_maml, save_results, train_maml
+from mamllib.fewshot import evaluate_maml, run_name, save_results, train_maml
 from mamllib.omniglot import OmniglotTasks, load_omniglot
 from mamllib.presets import PRESETS, make_config
 from mamllib.runs import RunFolder
@@ -42,7 +42,7 @@ if args.threads:
 config = make_config(
     args.experiment, args.preset, seed=args.seed, device=args.device, path=args.path
 )
-run = RunFolder(f"07-omniglot/{args.experiment}", config["preset"], config["seed"])
+run = RunFolder(run_name(args.experiment), config["preset"], config["seed"])
 run.write_json("config.json", config)
 data = load_omniglot()
 train_tasks = OmniglotTasks(

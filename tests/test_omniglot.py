@@ -474,3 +474,17 @@ def test_maml_on_omniglot_learns_well_above_chance_in_a_short_run(
     assert at_test["mean"] - at_test["ci95"] > 1 / config["n_way"] + 0.1, at_test
     # Adaptation is what does it: before any inner step the net is near chance.
     assert evaluation["steps"][0]["mean"] < at_test["mean"] - 0.15, evaluation["steps"]
+
+
+def test_run_name_is_the_folder_the_scripts_and_chapters_share():
+    from mamllib.fewshot import run_name
+
+    assert run_name("omniglot-20way-5shot") == "07-omniglot/omniglot-20way-5shot"
+    assert (
+        run_name("miniimagenet-5way-1shot", first_order=True)
+        == "08-miniimagenet/miniimagenet-5way-1shot-first-order"
+    )
+    with pytest.raises(ValueError, match="unknown few-shot experiment"):
+        run_name("omniglot-7way-1shot")
+    with pytest.raises(ValueError, match="unknown few-shot experiment"):
+        run_name("sinusoid")
