@@ -35,7 +35,12 @@ import torch
 import mamllib.rl.metarl as metarl
 import mamllib.rl.train as train
 from mamllib.presets import make_config
-from mamllib.runs import device_description, git_commit, keep_freed_memory
+from mamllib.runs import (
+    add_allocator_option,
+    device_description,
+    git_commit,
+    use_allocator,
+)
 from mamllib.tasks import make_generator
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,17 +49,10 @@ parser.add_argument("--preset", default="paper")
 parser.add_argument("--iters", type=int, default=2)
 parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--out", default=None)
-parser.add_argument(
-    "--allocator",
-    choices=["keep", "default"],
-    default="keep",
-    help="keep: mamllib.runs.keep_freed_memory() (what training does); default: "
-    "glibc's default (big blocks returned to the system on free)",
-)
+add_allocator_option(parser)
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
-if args.allocator == "keep":
-    keep_freed_memory()
+use_allocator(args.allocator)
 
 times: dict[str, float] = {}
 counts: dict[str, int] = {}

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from mamllib.runs import git_commit
+from mamllib.runs import add_allocator_option, git_commit, use_allocator
 
 PAPER_SHAPES = {
     "n_way": 5,
@@ -207,21 +207,12 @@ def main() -> None:
     )
     parser.add_argument("--out", default=None)
     parser.add_argument("--note", default="", help="conditions of the run, kept")
-    parser.add_argument(
-        "--allocator",
-        choices=["keep", "default"],
-        default="keep",
-        help="keep: mamllib.runs.keep_freed_memory() (what training does); default: "
-        "glibc's default (big blocks returned to the system on free)",
-    )
+    add_allocator_option(parser)
     parser.add_argument("--one", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:  # inside the subprocess: one configuration, JSON on stdout
-        if args.allocator == "keep":
-            from mamllib.runs import keep_freed_memory
-
-            keep_freed_memory()
+        use_allocator(args.allocator)
         result = measure(args.one[0], int(args.one[1]), args.iters, args.device)
         print(json.dumps(result))
         return

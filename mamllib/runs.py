@@ -167,6 +167,29 @@ def write_manifest(folder: Path, **facts: Any) -> Path:
     return write_json(folder / "manifest.json", {**facts, "files": files})
 
 
+ALLOCATOR_CHOICES = {
+    "keep": "keep_freed_memory() (what training does)",
+    "default": "glibc's default (big blocks returned to the system on free)",
+}
+
+
+def add_allocator_option(parser) -> None:
+    """``--allocator keep|default`` for the cost benchmarks; pass the parsed choice to
+    :func:`use_allocator`."""
+    parser.add_argument(
+        "--allocator",
+        choices=list(ALLOCATOR_CHOICES),
+        default="keep",
+        help="; ".join(f"{k}: {v}" for k, v in ALLOCATOR_CHOICES.items()),
+    )
+
+
+def use_allocator(choice: str) -> None:
+    """Apply an ``--allocator`` choice (see :func:`add_allocator_option`)."""
+    if choice == "keep":
+        keep_freed_memory()
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc's allocator to keep freed memory for reuse instead of returning it
     to the system; True if it was applied (Linux with glibc), False elsewhere.
