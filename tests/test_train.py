@@ -43,6 +43,23 @@ def test_maml_meta_training_lowers_the_post_adaptation_loss(monkeypatch):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_progress_lines_print_one_line_per_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MAMLLIB_PROGRESS", "lines")
+    tiny_fit(9, checkpoint=tmp_path / "ck.pt", checkpoint_every=3, desc="tiny")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "tiny: iteration 3/9",
+        "tiny: iteration 6/9",
+        "tiny: iteration 9/9",
+    ]
+    # a resumed call counts its speed from where it resumed; the loss is a number
+    tiny_fit(12, checkpoint=tmp_path / "ck.pt", checkpoint_every=3, desc="tiny")
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("tiny: iteration 12/12, loss ")
+    assert float(line.split("loss ")[1].split(",")[0]) > 0
+    assert " s/it, about 0 min left" in line
+
+
 def test_resume_reaches_the_same_numbers_as_an_uninterrupted_run(tmp_path):
     straight = tiny_fit(40)
     first = tiny_fit(17, checkpoint=tmp_path / "ck.pt")  # stops mid log-window

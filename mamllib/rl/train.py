@@ -38,7 +38,13 @@ from mamllib.rl.rollouts import Trajectories, advantages, sample_trajectories
 from mamllib.rl.trpo import TRPOStats, direct_problem, trpo_step
 from mamllib.runs import save_torch
 from mamllib.tasks import make_generator
-from mamllib.train import FitResult, load_checkpoint, progress_enabled
+from mamllib.train import (
+    FitResult,
+    checkpoint_line,
+    load_checkpoint,
+    progress_enabled,
+    progress_lines,
+)
 
 METHODS = ("maml", "pretrained", "oracle")
 
@@ -303,6 +309,19 @@ def train_policy(
             if completed % config["checkpoint_every"] == 0:
                 save(completed)
                 last_saved = completed
+                if progress_lines():
+                    returns = {k: v for k, v in stats.items() if k.startswith("return")}
+                    print(
+                        checkpoint_line(
+                            desc or method,
+                            completed,
+                            n_iterations,
+                            start,
+                            time.perf_counter() - t0,
+                            **returns,
+                        ),
+                        flush=True,
+                    )
             if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
                 break
     except KeyboardInterrupt:
