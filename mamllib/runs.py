@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,26 @@ def use_allocator(choice: str) -> None:
     """Apply an ``--allocator`` choice (see :func:`add_allocator_option`)."""
     if choice == "keep":
         keep_freed_memory()
+
+
+def quiet_interrupt(run: RunFolder) -> None:
+    """In a training script: Ctrl-C ends with one line saying where the checkpoint is,
+    instead of a traceback. The training loops save the last completed iteration on
+    Ctrl-C (:func:`mamllib.train.fit`), so the same command continues the run."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print(
+                f"\ninterrupted: the last completed iteration is checkpointed in "
+                f"{run.path}; run the same command again to continue",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        previous(kind, value, traceback)
+
+    sys.excepthook = hook
 
 
 def keep_freed_memory() -> bool:

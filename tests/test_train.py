@@ -187,3 +187,39 @@ def test_time_limit_stops_with_a_checkpoint_and_a_rerun_continues(tmp_path):
     assert resumed.iterations == 30
     for k in straight.params:
         assert torch.equal(straight.params[k], resumed.params[k])
+
+
+def test_a_training_script_stopped_with_ctrl_c_says_where_its_checkpoint_is(tmp_path):
+    """scripts/train_sinusoid.py (as every train_*.py script): Ctrl-C ends with one
+    line naming the checkpoint, no traceback, and the checkpoint holds the progress."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "MAMLLIB_RESULTS": str(tmp_path),
+        "MAMLLIB_PROGRESS": "lines",
+        "OMP_NUM_THREADS": "1",
+    }
+    checkpoint = tmp_path / "05-maml-sinusoid/ci/seed-0/checkpoint-maml.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/train_sinusoid.py", "--preset", "ci"]
+        + ["--methods", "maml"],
+        cwd=repo_root(),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # the first checkpoint's line (500 of 1500 iterations), then Ctrl-C
+        assert proc.stdout.readline().startswith("maml: iteration 500/1500")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "Traceback" not in err, err
+    assert f"checkpointed in {checkpoint.parent}" in err, err
+    assert 500 <= torch.load(checkpoint, weights_only=False)["iteration"] < 1500
