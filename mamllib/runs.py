@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -192,9 +193,20 @@ def use_allocator(choice: str) -> None:
 
 
 def quiet_interrupt(run: RunFolder) -> None:
-    """In a training script: Ctrl-C ends with one line saying where the checkpoint is,
-    instead of a traceback. The training loops save the last completed iteration on
-    Ctrl-C (:func:`mamllib.train.fit`), so the same command continues the run."""
+    """In a training script: make Ctrl-C, ``kill -INT`` and ``kill`` (SIGTERM) stop
+    training with its checkpoint saved, and end with one line saying where it is
+    instead of a traceback.
+
+    The training loops save the last completed iteration on ``KeyboardInterrupt``
+    (:func:`mamllib.train.fit`), so the same command continues the run. Two signals
+    would otherwise skip that: SIGINT, which a shell without job control ignores in a
+    job it starts in the background (``nohup python ... &`` in a script), so Python
+    never turns it into ``KeyboardInterrupt``; and SIGTERM, the default of ``kill``
+    and of schedulers, which ends Python at once. Both are routed to
+    ``KeyboardInterrupt`` here.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     previous = sys.excepthook
 
     def hook(kind, value, traceback):

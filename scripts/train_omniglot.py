@@ -17,7 +17,7 @@ import torch
 from mamllib.fewshot import evaluate_maml, run_name, save_results, train_maml
 from mamllib.omniglot import OmniglotTasks, load_omniglot
 from mamllib.presets import PRESETS, make_config
-from mamllib.runs import RunFolder, quiet_interrupt
+from mamllib.runs import RunFolder, keep_freed_memory, quiet_interrupt
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
@@ -37,6 +37,11 @@ parser.add_argument(
     help="seconds of training in this call (then checkpoint and stop)",
 )
 args = parser.parse_args()
+# At the paper's 5-way 1-shot setting, batched path, one CPU thread: 29,500 -> 1,200
+# page faults and 92 -> 4 ms of system time per meta-iteration, 740 -> 659 ms wall
+# (20-way: 138,000 -> 11,800 faults, 476 -> 39 ms system time). Freed activations
+# are reused instead of being returned to the kernel and faulted in again.
+keep_freed_memory()
 if args.threads:
     torch.set_num_threads(args.threads)
 config = make_config(

@@ -189,9 +189,12 @@ def test_time_limit_stops_with_a_checkpoint_and_a_rerun_continues(tmp_path):
         assert torch.equal(straight.params[k], resumed.params[k])
 
 
-def test_a_training_script_stopped_with_ctrl_c_says_where_its_checkpoint_is(tmp_path):
-    """scripts/train_sinusoid.py (as every train_*.py script): Ctrl-C ends with one
-    line naming the checkpoint, no traceback, and the checkpoint holds the progress."""
+@pytest.mark.parametrize("how", ["SIGINT, ignored at start", "SIGTERM"])
+def test_a_training_script_stopped_by_a_signal_saves_and_says_where(tmp_path, how):
+    """scripts/train_sinusoid.py (as every train_*.py script), stopped after its first
+    checkpoint line by ``kill -INT`` in a job whose shell ignored SIGINT (``nohup ...
+    &`` from a script) or by a plain ``kill``: it saves the progress and ends with one
+    line naming the checkpoint, no traceback."""
     import os
     import signal
     import subprocess
@@ -204,6 +207,7 @@ def test_a_training_script_stopped_with_ctrl_c_says_where_its_checkpoint_is(tmp_
         "OMP_NUM_THREADS": "1",
     }
     checkpoint = tmp_path / "05-maml-sinusoid/ci/seed-0/checkpoint-maml.pt"
+    sig = signal.SIGINT if how.startswith("SIGINT") else signal.SIGTERM
     proc = subprocess.Popen(
         [sys.executable, "scripts/train_sinusoid.py", "--preset", "ci"]
         + ["--methods", "maml"],
@@ -212,11 +216,12 @@ def test_a_training_script_stopped_with_ctrl_c_says_where_its_checkpoint_is(tmp_
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
-        # the first checkpoint's line (500 of 1500 iterations), then Ctrl-C
+        # the first checkpoint's line (500 of 1500 iterations), then the signal
         assert proc.stdout.readline().startswith("maml: iteration 500/1500")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
