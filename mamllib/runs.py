@@ -192,7 +192,7 @@ def use_allocator(choice: str) -> None:
         keep_freed_memory()
 
 
-def quiet_interrupt(run: RunFolder) -> None:
+def handle_interrupts(run: RunFolder) -> None:
     """In a training script: make Ctrl-C, ``kill -INT`` and ``kill`` (SIGTERM) stop
     training with its checkpoint saved, and end with one line saying where it is
     instead of a traceback.

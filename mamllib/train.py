@@ -44,20 +44,24 @@ def progress_lines() -> bool:
     return os.environ.get("MAMLLIB_PROGRESS") == "lines"
 
 
-def checkpoint_line(
+def log_checkpoint(
     desc: str, completed: int, n_iterations: int, start: int, elapsed_s: float, **stats
-) -> str:
-    """One line for the log at a checkpoint: where the run is, its speed in this call
-    and the time left at that speed, e.g. ``omniglot-5way-1shot: iteration
-    36000/60000, loss 0.0123, 0.46 s/it, about 3.1 h left``."""
+) -> None:
+    """With ``MAMLLIB_PROGRESS=lines``, print one line at a checkpoint: where the run
+    is, its speed in this call and the time left at that speed, e.g.
+    ``omniglot-5way-1shot: iteration 36000/60000, loss 0.0123, 0.46 s/it, about 3.1 h
+    left (11:07:35)``. Otherwise nothing."""
+    if not progress_lines():
+        return
     done = completed - start
     rate = elapsed_s / done if done else float("nan")
     left_s = rate * (n_iterations - completed)
     left = f"{left_s / 3600:.1f} h" if left_s >= 3600 else f"{left_s / 60:.0f} min"
     shown = "".join(f", {k} {v:.4g}" for k, v in stats.items())
-    return (
+    print(
         f"{desc}: iteration {completed}/{n_iterations}{shown}, {rate:.3g} s/it, "
-        f"about {left} left ({time.strftime('%H:%M:%S')})"
+        f"about {left} left ({time.strftime('%H:%M:%S')})",
+        flush=True,
     )
 
 
@@ -253,19 +257,14 @@ def fit(
                     on_checkpoint(completed, params)
                 save(completed, window)
                 last_saved = completed
-                if progress_lines():
-                    last_loss = history["loss"][-1] if history["loss"] else loss.item()
-                    print(
-                        checkpoint_line(
-                            desc,
-                            completed,
-                            n_iterations,
-                            start,
-                            time.perf_counter() - t0,
-                            loss=last_loss,
-                        ),
-                        flush=True,
-                    )
+                log_checkpoint(
+                    desc,
+                    completed,
+                    n_iterations,
+                    start,
+                    time.perf_counter() - t0,
+                    loss=history["loss"][-1] if history["loss"] else loss.item(),
+                )
             if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
                 break
     except KeyboardInterrupt:

@@ -31,7 +31,7 @@ from mamllib.rl.train import (
     save_results,
     train_policy,
 )
-from mamllib.runs import RunFolder, keep_freed_memory, quiet_interrupt
+from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory
 
 parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
 parser.add_argument(
@@ -91,7 +91,7 @@ folder = (
     else f"10-meta-rl-locomotion/{args.experiment}"
 )
 run = RunFolder(folder, config["preset"], config["seed"])
-quiet_interrupt(run)
+handle_interrupts(run)
 run.write_json("config.json", config)
 limits = args.time_limit or [None]
 if len(limits) == 1:

@@ -25,7 +25,7 @@ import torch
 from mamllib.fewshot import evaluate_maml, run_name, save_results, train_maml
 from mamllib.miniimagenet import MiniImagenetTasks, load_miniimagenet
 from mamllib.presets import PRESETS, make_config
-from mamllib.runs import RunFolder, keep_freed_memory, quiet_interrupt
+from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
@@ -75,7 +75,7 @@ if args.iterations is not None and args.iterations < 1:
 folder = run_name(args.experiment, config["first_order"])
 name = folder.split("/")[-1]  # experiment [+ -first-order]
 run = RunFolder(folder, config["preset"], config["seed"])
-quiet_interrupt(run)
+handle_interrupts(run)
 run.write_json("config.json", config)
 
 

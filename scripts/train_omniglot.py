@@ -17,7 +17,7 @@ import torch
 from mamllib.fewshot import evaluate_maml, run_name, save_results, train_maml
 from mamllib.omniglot import OmniglotTasks, load_omniglot
 from mamllib.presets import PRESETS, make_config
-from mamllib.runs import RunFolder, keep_freed_memory, quiet_interrupt
+from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
@@ -48,7 +48,7 @@ config = make_config(
     args.experiment, args.preset, seed=args.seed, device=args.device, path=args.path
 )
 run = RunFolder(run_name(args.experiment), config["preset"], config["seed"])
-quiet_interrupt(run)
+handle_interrupts(run)
 run.write_json("config.json", config)
 data = load_omniglot()
 train_tasks = OmniglotTasks(

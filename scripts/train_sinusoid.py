@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from mamllib.presets import make_config
-from mamllib.runs import RunFolder, quiet_interrupt
+from mamllib.runs import RunFolder, handle_interrupts
 from mamllib.sinusoid import train_method
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -24,7 +24,7 @@ args = parser.parse_args()
 torch.set_num_threads(args.threads)
 config = make_config("sinusoid", args.preset, seed=args.seed, device=args.device)
 run = RunFolder("05-maml-sinusoid", config["preset"], config["seed"])
-quiet_interrupt(run)
+handle_interrupts(run)
 for method in args.methods:
     result = train_method(method, config, run)
     print(

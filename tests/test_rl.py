@@ -387,6 +387,19 @@ def test_resume_reaches_the_same_parameters(tmp_path):
         train_policy("maml", tiny_config(n_iterations=3, inner_lr=0.2), ckpt)
 
 
+def test_progress_lines_report_the_returns_at_each_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MAMLLIB_PROGRESS", "lines")
+    train_policy("maml", tiny_config(n_iterations=2), tmp_path / "checkpoint-maml.pt")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "maml: iteration 1/2",
+        "maml: iteration 2/2",
+    ]
+    assert all(", return" in line and " s/it, about " in line for line in lines)
+
+
 def test_navigation_presets_are_validated():
     paper = make_config("navigation", "paper")
     assert paper["meta_batch_size"] == 20 and paper["n_traj"] == 20

@@ -38,13 +38,7 @@ from mamllib.rl.rollouts import Trajectories, advantages, sample_trajectories
 from mamllib.rl.trpo import TRPOStats, direct_problem, trpo_step
 from mamllib.runs import save_torch
 from mamllib.tasks import make_generator
-from mamllib.train import (
-    FitResult,
-    checkpoint_line,
-    load_checkpoint,
-    progress_enabled,
-    progress_lines,
-)
+from mamllib.train import FitResult, load_checkpoint, log_checkpoint, progress_enabled
 
 METHODS = ("maml", "pretrained", "oracle")
 
@@ -309,19 +303,14 @@ def train_policy(
             if completed % config["checkpoint_every"] == 0:
                 save(completed)
                 last_saved = completed
-                if progress_lines():
-                    returns = {k: v for k, v in stats.items() if k.startswith("return")}
-                    print(
-                        checkpoint_line(
-                            desc or method,
-                            completed,
-                            n_iterations,
-                            start,
-                            time.perf_counter() - t0,
-                            **returns,
-                        ),
-                        flush=True,
-                    )
+                log_checkpoint(
+                    desc or method,
+                    completed,
+                    n_iterations,
+                    start,
+                    time.perf_counter() - t0,
+                    **{k: v for k, v in stats.items() if k.startswith("return")},
+                )
             if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
                 break
     except KeyboardInterrupt:
