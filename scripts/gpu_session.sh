@@ -30,7 +30,7 @@ OUT=${OUT:-/tmp/gpu-session-out}
 mkdir -p "$OUT"
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-export MAMLLIB_CACHE=${MAMLLIB_CACHE:-.devcache} MAMLLIB_PROGRESS=0 PYTHONPATH=.
+export MAMLLIB_CACHE=${MAMLLIB_CACHE:-.devcache} MAMLLIB_PROGRESS=lines PYTHONPATH=.
 PY=${PYTHON:-python3}
 # The evaluation after a training call (600 tasks, plus saving) takes about 20 s on a
 # GPU; keep that back from every time limit.
@@ -50,18 +50,23 @@ if [ "$(left)" -gt 180 ]; then
     --out "$OUT/second-order-cost-$DEVICE.json" > "$OUT/second-order-cost.log" 2>&1
 fi
 
-train() {  # experiment, seconds of training
+# The 20-way run takes the path the probe found fastest on this device (its last line),
+# else the preset's. All paths compute the same meta-gradient (tests/test_conv4.py).
+PATH20=$(tail -n 1 "$OUT/probe-20way.txt" 2>/dev/null)
+case "$PATH20" in loop|vmap|batched) PATH20="--path $PATH20" ;; *) PATH20="" ;; esac
+
+train() {  # experiment, seconds of training, extra options
   timeout $(( $2 + EVAL_RESERVE + 60 )) $PY scripts/train_omniglot.py --experiment "$1" \
-    --preset paper --device "$DEVICE" --time-limit "$2" >> "$OUT/$1-train.log" 2>&1
-  echo "exit $? after a --time-limit $2 call" >> "$OUT/$1-train.log"
+    --preset paper --device "$DEVICE" --time-limit "$2" $3 >> "$OUT/$1-train.log" 2>&1
+  echo "exit $? after a --time-limit $2 $3 call" >> "$OUT/$1-train.log"
 }
 
 # 5-way 1-shot needs about 18 ms per iteration on an H200 (gpu-path-probe.txt in its
 # artifact): the remaining iterations of a CPU-started run fit in a few minutes.
 T=$(( $(left) - 2 * EVAL_RESERVE - 30 ))
-if [ "$T" -gt 30 ]; then train omniglot-5way-1shot "$T"; fi
+if [ "$T" -gt 30 ]; then train omniglot-5way-1shot "$T" ""; fi
 T=$(( $(left) - EVAL_RESERVE - 15 ))
-if [ "$T" -gt 30 ]; then train omniglot-20way-1shot "$T"; fi
+if [ "$T" -gt 30 ]; then train omniglot-20way-1shot "$T" "$PATH20"; fi
 
 mkdir -p "$OUT/results"
 cp -r "${MAMLLIB_RESULTS:-results}/07-omniglot" "$OUT/results/" 2>/dev/null
