@@ -39,6 +39,23 @@ trials on this CPU): channels-last tensors for the grouped convolutions; im2col
 'SAME' padding done inside the convolution (padding 2, first output row and column
 dropped) instead of ``F.pad``. PyTorch's fused batch norm in the batched path was
 kept: it is exact without vmap, and about 20% faster on 84x84 MiniImageNet maps.
+
+Also tried (session 6, 20-way, one thread, beside a 2-thread training job, so
+ratios only): the second-order pass spends most of its convolution calls in
+PyTorch's ``_convolution_double_backward``, which splits a grouped convolution into
+one convolution per group (16 at 20-way) for the weight term: 299 convolution calls
+per meta-iteration, 24 of them forwards. Three ``torch.autograd.Function``s that
+are each other's derivatives (convolution, its input gradient, its weight gradient,
+each calling the native kernel with all groups at once) removed the split (59
+convolution calls; the float32 meta-gradient within 2e-4 of the native one,
+``gradgradcheck`` passed) but not the time (4.71 vs 4.75 s): the grouped
+kernels themselves are slow on these shapes. One-thread microbenchmarks of single
+layers (16 tasks, 20 images) show where: the input gradient of the 14x14 -> 7x7
+layer takes 84 ms with groups, 42 ms as a loop over tasks, 38 ms channels-last,
+for 1.2 GFLOP (forward 26 ms); the first layer's forward (1 input channel per
+group) runs at 5 GFLOP/s, 14 ms against 4 ms channels-last. Choosing the fastest
+kernel per layer and direction would save a share of that, not the 40% that 2x
+higher needs; not kept.
 """
 
 from __future__ import annotations
