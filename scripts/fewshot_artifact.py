@@ -12,7 +12,7 @@ then writes ``reproduction.json`` (the row of the book's reproduction page, read
 device, wall time, note, sha256 of every file).
 
     python scripts/fewshot_artifact.py --experiment omniglot-5way-1shot \\
-        --name omniglot-5way-1shot-partial --command "..." --note "..."
+        --name omniglot-5way-1shot-paper --command "..." --note "..."
     python scripts/fewshot_artifact.py --experiment miniimagenet-5way-1shot \\
         --first-order --name miniimagenet-5way-1shot-first-order-paper-partial ...
 """
