@@ -15,7 +15,8 @@
 #   3. the Omniglot runs, continued from their checkpoints in results/ (carry them):
 #      5-way 1-shot first, to the paper's 60,000 iterations if time allows (skipped
 #      when complete), then 20-way 1-shot with what is left; each call checkpoints
-#      at its time limit and evaluates 600 test tasks -> $OUT/results/07-omniglot/..., $OUT/*-train.log
+#      at its time limit and evaluates 600 test tasks
+#      -> $OUT/results/07-omniglot/..., $OUT/*-train.log
 #
 # The device machine has no ../shared/data: carry the Omniglot cache built here
 # (MAMLLIB_CACHE=.devcache python -c "from mamllib.omniglot import load_omniglot;
