@@ -40,7 +40,7 @@ trials on this CPU): channels-last tensors for the grouped convolutions; im2col
 dropped) instead of ``F.pad``. PyTorch's fused batch norm in the batched path was
 kept: it is exact without vmap, and about 20% faster on 84x84 MiniImageNet maps.
 
-Also tried (session 6, 20-way, one thread, beside a 2-thread training job, so
+Also tried (2026-11-27, 20-way, one thread, beside a 2-thread training job, so
 ratios only): the second-order pass spends most of its convolution calls in
 PyTorch's ``_convolution_double_backward``, which splits a grouped convolution into
 one convolution per group (16 at 20-way) for the weight term: 299 convolution calls
@@ -54,8 +54,9 @@ layers (16 tasks, 20 images) show where: the input gradient of the 14x14 -> 7x7
 layer takes 84 ms with groups, 42 ms as a loop over tasks, 38 ms channels-last,
 for 1.2 GFLOP (forward 26 ms); the first layer's forward (1 input channel per
 group) runs at 5 GFLOP/s, 14 ms against 4 ms channels-last. Choosing the fastest
-kernel per layer and direction would save a share of that, not the 40% that 2x
-higher needs; not kept.
+kernel per layer and direction would save a share of that (about 15-20% by these
+numbers), not the 23-28% less time that 2x higher needs from the committed runs
+(1.55x and 1.44x); not kept.
 """
 
 from __future__ import annotations
