@@ -4,12 +4,16 @@ Writes into the run folder the Omniglot chapter uses,
 ``results/07-omniglot/<experiment>/<preset>/seed-<n>/``: ``checkpoint-maml.pt``,
 ``config.json``, ``history.json``, ``metrics.json`` (test accuracy with 95% CI and the
 iterations reached), ``params-maml.pt``. Run it again to continue from the checkpoint.
+A call that trains nothing new (the run is complete, or no time was left) and finds a
+``metrics.json`` for the same iterations and number of test tasks does not evaluate the
+same weights again (``--reevaluate`` does).
 
     python scripts/train_omniglot.py --experiment omniglot-5way-1shot --preset paper \\
         --device cuda --time-limit 3600
 """
 
 import argparse
+import sys
 import time
 
 import torch
@@ -17,7 +21,7 @@ import torch
 from mamllib.fewshot import evaluate_maml, run_name, save_results, train_maml
 from mamllib.omniglot import OmniglotTasks, load_omniglot
 from mamllib.presets import PRESETS, make_config
-from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory
+from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory, read_json
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
@@ -35,6 +39,11 @@ parser.add_argument(
     type=float,
     default=None,
     help="seconds of training in this call (then checkpoint and stop)",
+)
+parser.add_argument(
+    "--reevaluate",
+    action="store_true",
+    help="evaluate even if metrics.json already holds these iterations",
 )
 args = parser.parse_args()
 # At the paper's 5-way 1-shot setting, batched path, one CPU thread: 29,500 -> 1,200
@@ -65,6 +74,19 @@ print(
     f"{result.wall_time_s:.0f} s in all",
     flush=True,
 )
+previous = run.file("metrics.json")
+if previous.exists() and not args.reevaluate:
+    old = read_json(previous)
+    if (old["iterations"], old["test_accuracy"]["n"]) == (
+        result.iterations,
+        config["n_eval_tasks"],
+    ):
+        print(
+            f"{previous} already holds the evaluation at {result.iterations:,} "
+            f"iterations ({old['status']}); not evaluated again (--reevaluate does)",
+            flush=True,
+        )
+        sys.exit(0)
 t0 = time.perf_counter()
 evaluation = evaluate_maml(result.params, test_tasks, config)
 save_results(

@@ -488,3 +488,50 @@ def test_run_name_is_the_folder_the_scripts_and_chapters_share():
         run_name("omniglot-7way-1shot")
     with pytest.raises(ValueError, match="unknown few-shot experiment"):
         run_name("sinusoid")
+
+
+def test_the_script_resumes_a_finished_run_without_evaluating_it_again(
+    data, cache, tmp_path
+):
+    """scripts/train_omniglot.py at the ci preset: a second call on a finished run
+    trains nothing and leaves metrics.json alone (a lent GPU's minutes go to training);
+    --reevaluate evaluates the same weights again and gets the same numbers, which is
+    why skipping is safe."""
+    import os
+    import subprocess
+    import sys
+
+    from mamllib.runs import read_json, repo_root
+
+    env = {
+        **os.environ,
+        "MAMLLIB_RESULTS": str(tmp_path),
+        om.CACHE_ENV: str(cache),
+        "MAMLLIB_PROGRESS": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("MAMLLIB_PRESET", None)
+
+    def script(*extra):
+        return subprocess.run(
+            [sys.executable, "scripts/train_omniglot.py", "--preset", "ci", *extra],
+            cwd=repo_root(),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+
+    metrics = tmp_path / "07-omniglot/omniglot-5way-1shot/ci/seed-0/metrics.json"
+    first = script()
+    assert "accuracy after 3 steps" in first, first
+    before = (metrics.stat().st_mtime_ns, read_json(metrics))
+    second = script()
+    assert "not evaluated again" in second and "accuracy after" not in second, second
+    assert (metrics.stat().st_mtime_ns, read_json(metrics)) == before
+    third = script("--reevaluate")
+    assert "accuracy after 3 steps" in third, third
+    again = read_json(metrics)
+    assert again["test_accuracy"] == before[1]["test_accuracy"]
+    assert again["steps"] == before[1]["steps"]
