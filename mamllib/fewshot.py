@@ -44,18 +44,26 @@ PAPER_TABLE1: dict[str, tuple[float, float]] = {
 CHAPTER_RESULTS = {"omniglot": "07-omniglot", "miniimagenet": "08-miniimagenet"}
 
 
+def setting_name(experiment: str, first_order: bool = False) -> str:
+    """The row of Table 1 (``PAPER_TABLE1``) a run reproduces: the experiment, with
+    ``-first-order`` for the first-order approximation. Unknown names are refused."""
+    name = experiment + ("-first-order" if first_order else "")
+    if experiment not in PAPER_TABLE1:
+        known = sorted(k for k in PAPER_TABLE1 if not k.endswith("-first-order"))
+        raise ValueError(f"unknown few-shot experiment {experiment!r}; known: {known}")
+    if name not in PAPER_TABLE1:
+        rows = sorted(k for k in PAPER_TABLE1 if k.endswith("-first-order"))
+        raise ValueError(f"Table 1 has no first-order row for {experiment!r}: {rows}")
+    return name
+
+
 def run_name(experiment: str, first_order: bool = False) -> str:
     """The run folder of a few-shot experiment under ``results/`` (before preset and
     seed): ``07-omniglot/omniglot-5way-1shot``,
     ``08-miniimagenet/miniimagenet-5way-1shot-first-order``. The chapters, the training
     scripts and ``scripts/fewshot_artifact.py`` all name runs through it."""
-    dataset = experiment.split("-")[0]
-    if dataset not in CHAPTER_RESULTS or experiment not in PAPER_TABLE1:
-        known = sorted(k for k in PAPER_TABLE1 if not k.endswith("-first-order"))
-        raise ValueError(f"unknown few-shot experiment {experiment!r}; known: {known}")
-    return f"{CHAPTER_RESULTS[dataset]}/{experiment}" + (
-        "-first-order" if first_order else ""
-    )
+    name = setting_name(experiment, first_order)
+    return f"{CHAPTER_RESULTS[experiment.split('-')[0]]}/{name}"
 
 
 # Settings that do not change what training computes (see sinusoid._NOT_TRAINING).

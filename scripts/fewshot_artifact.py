@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from mamllib.fewshot import PAPER_TABLE1, run_name
+from mamllib.fewshot import PAPER_TABLE1, run_name, setting_name
 from mamllib.runs import (
     RunFolder,
     git_commit,
@@ -66,7 +66,7 @@ commit = git_commit()
 
 dataset = args.experiment.split("-")[0]
 folder = run_name(args.experiment, args.first_order)
-setting = folder.split("/")[-1]  # the row of Table 1: experiment [+ -first-order]
+setting = setting_name(args.experiment, args.first_order)  # the row of Table 1
 run = RunFolder(folder, args.preset, args.seed)
 metrics_path = run.file("metrics.json")
 if not metrics_path.exists():

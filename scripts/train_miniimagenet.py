@@ -22,7 +22,13 @@ import time
 
 import torch
 
-from mamllib.fewshot import evaluate_maml, run_name, save_results, train_maml
+from mamllib.fewshot import (
+    evaluate_maml,
+    run_name,
+    save_results,
+    setting_name,
+    train_maml,
+)
 from mamllib.miniimagenet import MiniImagenetTasks, load_miniimagenet
 from mamllib.presets import PRESETS, make_config
 from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory
@@ -73,7 +79,7 @@ config = make_config(
 if args.iterations is not None and args.iterations < 1:
     parser.error(f"--iterations must be >= 1, got {args.iterations}")
 folder = run_name(args.experiment, config["first_order"])
-name = folder.split("/")[-1]  # experiment [+ -first-order]
+name = setting_name(args.experiment, config["first_order"])
 run = RunFolder(folder, config["preset"], config["seed"])
 handle_interrupts(run)
 run.write_json("config.json", config)

@@ -488,6 +488,9 @@ def test_run_name_is_the_folder_the_scripts_and_chapters_share():
         run_name("omniglot-7way-1shot")
     with pytest.raises(ValueError, match="unknown few-shot experiment"):
         run_name("sinusoid")
+    # Table 1 has first-order rows for MiniImageNet only.
+    with pytest.raises(ValueError, match="no first-order row for 'omniglot-5way"):
+        run_name("omniglot-5way-1shot", first_order=True)
 
 
 def test_the_script_resumes_a_finished_run_without_evaluating_it_again(
