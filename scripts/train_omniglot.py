@@ -4,9 +4,9 @@ Writes into the run folder the Omniglot chapter uses,
 ``results/07-omniglot/<experiment>/<preset>/seed-<n>/``: ``checkpoint-maml.pt``,
 ``config.json``, ``history.json``, ``metrics.json`` (test accuracy with 95% CI and the
 iterations reached), ``params-maml.pt``. Run it again to continue from the checkpoint.
-A call that trains nothing new (the run is complete, or no time was left) and finds a
-``metrics.json`` for the same iterations and number of test tasks does not evaluate the
-same weights again (``--reevaluate`` does).
+A call on a complete run trains nothing and, finding a ``metrics.json`` for the same
+iterations and number of test tasks, does not evaluate the same weights again
+(``--reevaluate`` does).
 
     python scripts/train_omniglot.py --experiment omniglot-5way-1shot --preset paper \\
         --device cuda --time-limit 3600
@@ -75,7 +75,10 @@ print(
     flush=True,
 )
 previous = run.file("metrics.json")
-if previous.exists() and not args.reevaluate:
+# Only when this call resumed and trained nothing: a run retrained from scratch (its
+# checkpoint deleted) to the same iterations has new weights and is evaluated.
+trained_nothing = result.resumed_from == result.iterations
+if trained_nothing and previous.exists() and not args.reevaluate:
     old = read_json(previous)
     if (old["iterations"], old["test_accuracy"]["n"]) == (
         result.iterations,

@@ -499,7 +499,7 @@ def test_the_script_resumes_a_finished_run_without_evaluating_it_again(
     """scripts/train_omniglot.py at the ci preset: a second call on a finished run
     trains nothing and leaves metrics.json alone (a lent GPU's minutes go to training);
     --reevaluate evaluates the same weights again and gets the same numbers, which is
-    why skipping is safe."""
+    why skipping is safe; a run retrained from scratch is evaluated again."""
     import os
     import subprocess
     import sys
@@ -538,3 +538,8 @@ def test_the_script_resumes_a_finished_run_without_evaluating_it_again(
     again = read_json(metrics)
     assert again["test_accuracy"] == before[1]["test_accuracy"]
     assert again["steps"] == before[1]["steps"]
+    # Retrained from scratch (checkpoint deleted) to the same iterations: new weights,
+    # so it is evaluated even though metrics.json holds those iterations.
+    (metrics.parent / "checkpoint-maml.pt").unlink()
+    fourth = script()
+    assert "accuracy after 3 steps" in fourth, fourth
