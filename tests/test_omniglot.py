@@ -516,15 +516,16 @@ def test_the_script_resumes_a_finished_run_without_evaluating_it_again(
     env.pop("MAMLLIB_PRESET", None)
 
     def script(*extra):
-        return subprocess.run(
+        proc = subprocess.run(
             [sys.executable, "scripts/train_omniglot.py", "--preset", "ci", *extra],
             cwd=repo_root(),
             env=env,
             capture_output=True,
             text=True,
             timeout=300,
-            check=True,
-        ).stdout
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
 
     metrics = tmp_path / "07-omniglot/omniglot-5way-1shot/ci/seed-0/metrics.json"
     first = script()
