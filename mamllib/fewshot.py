@@ -22,7 +22,7 @@ import torch
 from mamllib.evaluate import EVAL_SEED, VAL_SEED, adaptation_curve, summarize_curve
 from mamllib.maml import accuracy, cross_entropy_loss
 from mamllib.models import Conv4, Params, forward, init_params
-from mamllib.runs import RunFolder, device_description, save_torch
+from mamllib.runs import RunFolder, device_description, read_json, save_torch
 from mamllib.tasks import make_generator
 from mamllib.train import FitResult, fit, meta_objective
 
@@ -308,6 +308,44 @@ def adaptation_curve_loop(
             }
         curves.append(torch.stack(values))
     return torch.stack(curves)
+
+
+def already_evaluated(
+    run: RunFolder, config: dict[str, Any], result: FitResult
+) -> str | None:
+    """Why this call need not evaluate: the run's ``metrics.json`` scores its weights.
+
+    Returns a one-line note, or None when the call must evaluate. A note only when
+    this call *resumed* and trained nothing (``result.resumed_from ==
+    result.iterations``), and ``metrics.json`` holds those iterations, the config's
+    number of test tasks and test inner steps, and (with selection on validation
+    tasks) the same selected iteration. The parameters scored then cannot differ from
+    the ones this call ends with, so evaluating again would repeat the same numbers:
+    ``scripts/train_*.py`` skip it unless asked (``--reevaluate``).
+
+    Two cases that look finished but are not: a run retrained from scratch after its
+    checkpoint was deleted reaches the same iterations with new weights, but did not
+    resume at them; and a run stopped by a time limit between validation checkpoints,
+    then called with ``--iterations`` set to where it stopped, is validated at that
+    iteration now and may select it. Both are evaluated.
+    """
+    path = run.file("metrics.json")
+    if result.resumed_from != result.iterations or not path.exists():
+        return None
+    old = read_json(path)
+    at = old.get("test_accuracy", {})
+    same = (old.get("iterations"), at.get("n"), at.get("step")) == (
+        result.iterations,
+        config["n_eval_tasks"],
+        config["n_test_inner_steps"],
+    )
+    selection = result.selection or {}
+    if not same or old.get("selected_iteration") != selection.get("best_iteration"):
+        return None
+    return (
+        f"{path} already holds the evaluation at {result.iterations:,} iterations "
+        f"({old['status']}); not evaluated again (--reevaluate does)"
+    )
 
 
 def save_results(

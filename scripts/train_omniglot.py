@@ -4,9 +4,9 @@ Writes into the run folder the Omniglot chapter uses,
 ``results/07-omniglot/<experiment>/<preset>/seed-<n>/``: ``checkpoint-maml.pt``,
 ``config.json``, ``history.json``, ``metrics.json`` (test accuracy with 95% CI and the
 iterations reached), ``params-maml.pt``. Run it again to continue from the checkpoint.
-A call on a complete run trains nothing and, finding a ``metrics.json`` for the same
-iterations and number of test tasks, does not evaluate the same weights again
-(``--reevaluate`` does).
+A call on a complete run trains nothing and, finding a ``metrics.json`` that already
+scores those weights (:func:`mamllib.fewshot.already_evaluated`), does not evaluate
+them again (``--reevaluate`` does).
 
     python scripts/train_omniglot.py --experiment omniglot-5way-1shot --preset paper \\
         --device cuda --time-limit 3600
@@ -18,10 +18,16 @@ import time
 
 import torch
 
-from mamllib.fewshot import evaluate_maml, run_name, save_results, train_maml
+from mamllib.fewshot import (
+    already_evaluated,
+    evaluate_maml,
+    run_name,
+    save_results,
+    train_maml,
+)
 from mamllib.omniglot import OmniglotTasks, load_omniglot
 from mamllib.presets import PRESETS, make_config
-from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory, read_json
+from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
@@ -74,22 +80,9 @@ print(
     f"{result.wall_time_s:.0f} s in all",
     flush=True,
 )
-previous = run.file("metrics.json")
-# Only when this call resumed and trained nothing: a run retrained from scratch (its
-# checkpoint deleted) to the same iterations has new weights and is evaluated.
-trained_nothing = result.resumed_from == result.iterations
-if trained_nothing and previous.exists() and not args.reevaluate:
-    old = read_json(previous)
-    if (old["iterations"], old["test_accuracy"]["n"]) == (
-        result.iterations,
-        config["n_eval_tasks"],
-    ):
-        print(
-            f"{previous} already holds the evaluation at {result.iterations:,} "
-            f"iterations ({old['status']}); not evaluated again (--reevaluate does)",
-            flush=True,
-        )
-        sys.exit(0)
+if not args.reevaluate and (note := already_evaluated(run, config, result)):
+    print(note, flush=True)
+    sys.exit(0)
 t0 = time.perf_counter()
 evaluation = evaluate_maml(result.params, test_tasks, config)
 save_results(

@@ -497,6 +497,42 @@ def test_a_paper_run_stopped_early_is_labelled_partial(tmp_path):
         assert read_json(run.file("metrics.json"))["status"] == expected
 
 
+def test_a_call_that_trained_nothing_is_not_evaluated_again(tmp_path):
+    """already_evaluated: a note only when the call resumed where it ended and
+    metrics.json scores the same iterations, tasks, test steps and selected
+    iteration; every other case must evaluate (None)."""
+    import dataclasses
+
+    from mamllib.fewshot import already_evaluated, save_results
+    from mamllib.presets import make_config
+    from mamllib.runs import RunFolder
+    from mamllib.train import FitResult
+
+    config = make_config("miniimagenet-5way-1shot", "paper")
+    run = RunFolder("mini", "paper", 0, root=tmp_path)
+    selection = {"best_iteration": 2000}
+    scored = FitResult({"w": torch.zeros(1)}, {}, 3000, 1.0, 2500, selection)
+    resumed = dataclasses.replace(scored, resumed_from=3000)
+    assert already_evaluated(run, config, resumed) is None  # no metrics.json yet
+    evaluation = {
+        "at_test_steps": {"step": 10, "mean": 0.4, "ci95": 0.02, "n": 600},
+        "steps": [],
+    }
+    save_results(run, config, scored, evaluation, 1.0, 60_000, "mini",
+                 selected_iteration=2000)  # fmt: skip
+    note = already_evaluated(run, config, resumed)
+    assert note and "3,000 iterations" in note and "--reevaluate" in note
+    for other_result, other_config in (
+        (scored, config),  # trained 2,500 -> 3,000 in this call: new weights
+        (dataclasses.replace(resumed, resumed_from=None), config),  # from scratch
+        (dataclasses.replace(resumed, iterations=3001, resumed_from=3001), config),
+        (dataclasses.replace(resumed, selection={"best_iteration": 3000}), config),
+        (resumed, {**config, "n_eval_tasks": 100}),
+        (resumed, {**config, "n_test_inner_steps": 5}),
+    ):
+        assert already_evaluated(run, other_config, other_result) is None
+
+
 def test_loop_evaluation_equals_the_vmap_curve():
     """evaluate_maml scores 84x84 tasks one at a time (faster on a CPU): the same
     curve as the vmap adaptation_curve."""
