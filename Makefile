@@ -21,7 +21,8 @@ ifeq ($(origin MAMLLIB_DATA), undefined)
   endif
 endif
 
-.PHONY: setup book test test-unit test-notebooks test-book lint lab clean benchmark
+.PHONY: setup book test test-unit test-notebooks test-book test-executed lint lab clean \
+	benchmark
 
 setup: $(STAMP)
 
@@ -40,7 +41,17 @@ book: $(STAMP)
 	MAMLLIB_PRESET=$(PRESET) $(BIN)/jupyter-book build . --all -W -n --keep-going
 	@echo "The book is at _build/html/index.html"
 
-test: $(STAMP) lint test-unit test-notebooks test-book
+# Two lanes side by side (CI has 2 cores; every process uses one thread): the unit tests
+# in one; in the other the notebooks under nbval, then the book build, which reuses the
+# ci-preset run folders nbval left in results/. Each lane's output is printed when it
+# ends (--output-sync). `make test-unit test-notebooks test-book` runs them one by one.
+test: $(STAMP) lint
+	@echo "unit tests | notebooks, then the book: two lanes, each printed when it ends"
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-executed
+
+test-executed: $(STAMP)
+	$(NBVAL)
+	$(BOOK_CI)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mamllib tests benchmarks scripts
@@ -51,14 +62,16 @@ test-unit: $(STAMP)
 
 # Every notebook (chapters and book pages) at the ci preset, with assertion cells as tests
 # and golden outputs from tests/golden_outputs.json.
+NBVAL = MAMLLIB_PRESET=ci CI=true $(BIN)/python -m pytest -q -p tests.nbval_golden \
+	--nbval-lax --nbval-cell-timeout=600 notebooks book
 test-notebooks: $(STAMP)
-	MAMLLIB_PRESET=ci CI=true $(BIN)/python -m pytest -q -p tests.nbval_golden \
-		--nbval-lax --nbval-cell-timeout=600 notebooks book
+	$(NBVAL)
 
 # The book at the ci preset with warnings as errors, so broken references fail.
-test-book: $(STAMP)
-	rm -rf _build
+BOOK_CI = rm -rf _build && \
 	MAMLLIB_PRESET=ci CI=true $(BIN)/jupyter-book build . --all -W -n --keep-going
+test-book: $(STAMP)
+	$(BOOK_CI)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
