@@ -24,7 +24,8 @@
 # The device machine has no ../shared/data: carry the Omniglot cache built here
 # (MAMLLIB_CACHE=.devcache python -c "from mamllib.omniglot import load_omniglot;
 # load_omniglot()") and the run folders to continue, for example with the run tool's
-#   carry: [".devcache", "results/07-omniglot/omniglot-20way-1shot"]
+#   carry: [".devcache", "results/07-omniglot/omniglot-20way-1shot",
+#           "results/07-omniglot/omniglot-20way-5shot"]
 # Back here: unpack results.tar over results/ (tar -xf results.tar), then make the
 # artifacts with scripts/fewshot_artifact.py --replace (book/running.md, "A lent GPU").
 set -u
