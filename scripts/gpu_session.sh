@@ -11,7 +11,9 @@
 #      (scripts/gpu_omniglot_probe.py) -> $OUT/probe-20way.txt
 #   2. the cost of second order on the device (benchmarks/second_order_cost.py,
 #      1..10 inner steps, first and second order, checkpointing at 5)
-#      -> $OUT/second-order-cost-<device>.json
+#      -> $OUT/second-order-cost-<device>.json, only when COST=1, or (COST=auto, the
+#      default) when benchmarks/results/ holds no report for the device yet: each
+#      configuration starts CUDA afresh, about 10 s, so it takes about 4 minutes
 #   3. the Omniglot runs named in EXPERIMENTS (default: the two 20-way settings), all at
 #      once, one process each, continued from their checkpoints in results/ where those
 #      travelled (carry them) and from scratch otherwise. At these sizes one process
@@ -53,8 +55,12 @@ if [ "$(left)" -gt 120 ]; then
     --device "$DEVICE" --iters 5 > "$OUT/probe-20way.txt" 2>&1
 fi
 
-if [ "$(left)" -gt 240 ]; then
-  timeout 150 $PY benchmarks/second_order_cost.py --device "$DEVICE" \
+COST=${COST:-auto}
+if [ "$COST" = auto ] && [ -f "benchmarks/results/second-order-cost-$DEVICE.json" ]; then
+  COST=0
+fi
+if [ "$COST" != 0 ] && [ "$(left)" -gt 330 ]; then
+  timeout 240 $PY benchmarks/second_order_cost.py --device "$DEVICE" \
     --steps 1 2 3 4 5 6 7 8 9 10 --iters 10 --checkpointing 5 \
     --note "scripts/gpu_session.sh on a lent device" \
     --out "$OUT/second-order-cost-$DEVICE.json" > "$OUT/second-order-cost.log" 2>&1
