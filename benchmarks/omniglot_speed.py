@@ -87,7 +87,7 @@ SETTINGS = {  # name: (n_way, meta-batch, inner_lr, inner steps), paper App. A.1
     "5-way 1-shot": (5, 32, 0.4, 1),
     "20-way 1-shot": (20, 16, 0.1, 5),
 }
-PATHS = ("loop", "vmap", "batched")
+PATHS = ("loop", "vmap", "batched", "batched-native")
 N_TASK_BATCHES = 2  # every variant cycles through the same few meta-batches
 N_CHECK_TASKS = 4  # tasks in the float64 gradient check against higher
 
@@ -113,8 +113,15 @@ def random_tasks(n_tasks: int, n_way: int, generator: torch.Generator) -> TaskBa
 
 
 def mamllib_step(path, n_way, inner_lr, n_inner_steps, params):
-    """A meta-iteration with mamllib: ``step(tasks)`` = meta-gradient + Adam step."""
+    """A meta-iteration with mamllib: ``step(tasks)`` = meta-gradient + Adam step.
+
+    ``path`` ``"batched-native"`` is the batched path as it was before the
+    mirrored padding and :mod:`mamllib.convolution` (``F.pad`` + PyTorch's grouped
+    convolution), kept to measure what they gain in the same run.
+    """
     model = Conv4(n_way)
+    if path == "batched-native":
+        model.mirrored_padding, path = None, "batched"
     params = detach_params(params)
     opt = torch.optim.Adam(params.values(), lr=OUTER_LR)
 

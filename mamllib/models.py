@@ -17,6 +17,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from mamllib.convolution import grouped_conv2d
+
 Params = dict[str, torch.Tensor]
 
 
@@ -231,6 +233,26 @@ class Conv4(nn.Module):
                     f"image_size {image_size} is too small for four conv blocks"
                 )
         self.final_size = size
+        # The fast path's padding (forward_tasks): TF's 'SAME' puts an odd zero
+        # bottom/right, which PyTorch's convolution cannot; F.pad would copy each
+        # map. Mirrored, the same windows are symmetric: with the image flipped
+        # upside down and left to right, and each kernel flipped too, a convolution
+        # padded with ``after`` zeros on both sides computes the flipped output of
+        # the TF one (see forward_tasks). That holds when it gives TF's output
+        # size at every layer; the flips then cancel at the spatial mean
+        # (Omniglot). Max-pooling an odd size (21 -> 10) is not mirror-symmetric,
+        # so MiniImagenet (symmetric padding anyway) does not use it.
+        self.mirrored_padding: list[int] | None = None
+        if not max_pool:
+            side, pads = image_size, []
+            for _, after in self.paddings:
+                out = (side + 2 * after - 3) // self.stride + 1
+                if out != -(-side // self.stride):
+                    break
+                pads.append(after)
+                side = out
+            else:
+                self.mirrored_padding = pads
         channels = [in_channels] + [n_filters] * 4
         for i in range(4):
             conv = nn.Conv2d(channels[i], channels[i + 1], 3, device="meta")
@@ -295,15 +317,21 @@ class Conv4(nn.Module):
         n_tasks, n = x.shape[:2]
         # [T, N, C, H, W] -> [N, T * C, H, W]: task t owns channels t*C .. (t+1)*C - 1
         h = x.transpose(0, 1).reshape(n, n_tasks * self.in_channels, *x.shape[3:])
+        mirrored = self.mirrored_padding
+        if mirrored is not None:  # see __init__: flipped maps, symmetric padding
+            h = h.flip(-2, -1)
         for i in range(4):
             w = params[f"conv{i + 1}.weight"]  # [T, O, I, 3, 3]
-            h = self._conv(
-                i,
-                h,
-                w.reshape(-1, *w.shape[2:]),
-                params[f"conv{i + 1}.bias"].reshape(-1),
-                groups=n_tasks,
-            )
+            w = w.reshape(-1, *w.shape[2:])
+            b = params[f"conv{i + 1}.bias"].reshape(-1)
+            if mirrored is None:
+                h = self._conv(i, h, w, b, groups=n_tasks)
+            else:
+                # Kernels chosen per derivative (mamllib.convolution): PyTorch's
+                # grouped ones are slow on some of these shapes.
+                h = grouped_conv2d(
+                    h, w.flip(-2, -1), self.stride, mirrored[i], n_tasks
+                ) + b.view(1, -1, 1, 1)
             beta = params[f"norm{i + 1}.bias"].reshape(-1)
             gamma = params.get(f"norm{i + 1}.weight")
             # PyTorch's fused batch norm: exact here (no vmap), and on 84x84

@@ -259,3 +259,82 @@ def test_batched_path_needs_forward_tasks():
     tasks = SinusoidTasks().sample(2, 3, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="forward_tasks"):
         meta_gradient(model, params, tasks, mse_loss, 0.01, 1, path="batched")
+
+
+@pytest.mark.parametrize(
+    "groups, c_in, size, stride",
+    [
+        (3, 1, 28, 2),  # one input channel per group: the forward runs per group
+        (3, 4, 14, 2),  # input size >= 7: the input gradient runs per group
+        (3, 4, 4, 2),  # all grouped
+        (2, 3, 9, 1),  # stride 1, odd size
+    ],
+)
+def test_grouped_conv2d_and_its_derivatives_equal_pytorchs(groups, c_in, size, stride):
+    """mamllib.convolution against F.conv2d: the value, the gradient, and the
+    gradient of a function of the gradient (what second-order MAML takes), in
+    float64, for shapes that take each kernel choice."""
+    from mamllib.convolution import grouped_conv2d
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(
+        5,
+        groups * c_in,
+        size,
+        size,
+        generator=generator,
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    w = torch.randn(
+        groups * 6,
+        c_in,
+        3,
+        3,
+        generator=generator,
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    ours = grouped_conv2d(x, w, stride, 1, groups)
+    reference = F.conv2d(x, w, None, stride, 1, groups=groups)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(reference.shape, generator=generator, dtype=torch.float64)
+    probe_x = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    probe_w = torch.randn(w.shape, generator=generator, dtype=torch.float64)
+
+    def second_order(out):
+        # A nonlinear output makes every derivative kind appear twice over.
+        gx, gw = torch.autograd.grad(
+            (out.tanh() * probe).sum(), (x, w), create_graph=True
+        )
+        value = (gx * probe_x).sum() + (gw * probe_w).sum() + (gx * gx).sum()
+        return [gx, gw, *torch.autograd.grad(value, (x, w))]
+
+    for a, b in zip(second_order(ours), second_order(reference)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # And against finite differences, to any order PyTorch checks (second here).
+    small = (
+        x[:2, :, :5, :5].detach().clone().requires_grad_(),
+        w.detach().clone().requires_grad_(),
+    )
+    assert torch.autograd.gradgradcheck(
+        lambda a, b: grouped_conv2d(a, b, stride, 1, groups), small
+    )
+
+
+def test_fast_path_padding_is_the_mirrored_tf_same():
+    """forward_tasks flips the maps and pads symmetrically (no F.pad copies) where
+    that equals TF's 'SAME' (Omniglot); MiniImagenet's max-pooling is not
+    mirror-symmetric and keeps its own symmetric padding. The values themselves are
+    compared in test_forward_tasks_equals_forward_task_by_task."""
+    assert Conv4(5).mirrored_padding == [1, 1, 1, 1]
+    assert Conv4(5, image_size=27).mirrored_padding == [1, 1, 1, 1]
+    assert Conv4(5, 3, 32, 84, max_pool=True).mirrored_padding is None
+    # Without the mirroring (the fallback), the same logits.
+    model, params, tasks = small_problem(n_tasks=3, n_filters=4)
+    batched = {k: v.expand(3, *v.shape) for k, v in params.items()}
+    mirrored = model.forward_tasks(batched, tasks.x_support)
+    model.mirrored_padding = None
+    torch.testing.assert_close(
+        model.forward_tasks(batched, tasks.x_support), mirrored, rtol=1e-12, atol=1e-12
+    )
