@@ -302,8 +302,11 @@ class Conv4(nn.Module):
         the folded channels is exactly per-task, per-channel batch norm. Without
         vmap, PyTorch's own ``F.batch_norm`` (batch statistics) is exact to second
         order, so it is used here; :meth:`forward` keeps the elementary
-        :func:`batch_norm_batch_stats`, which vmap needs. Equal to :meth:`forward`
-        task by task, and its meta-gradient to the loop's and to finite
+        :func:`batch_norm_batch_stats`, which vmap needs. With strided
+        convolutions (Omniglot) the maps are mirrored so that TF's 'SAME' padding
+        becomes symmetric (no ``F.pad`` copies; see ``__init__``), and on a CPU each
+        convolution and its derivatives run on the kernels measured fastest
+        (:mod:`mamllib.convolution`). Equal to :meth:`forward` task by task, and its meta-gradient to the loop's and to finite
         differences (``tests/test_conv4.py``).
 
         Args:
@@ -326,12 +329,14 @@ class Conv4(nn.Module):
             b = params[f"conv{i + 1}.bias"].reshape(-1)
             if mirrored is None:
                 h = self._conv(i, h, w, b, groups=n_tasks)
-            else:
+            elif h.is_cpu:
                 # Kernels chosen per derivative (mamllib.convolution): PyTorch's
-                # grouped ones are slow on some of these shapes.
+                # grouped ones are slow on some of these shapes on a CPU.
                 h = grouped_conv2d(
                     h, w.flip(-2, -1), self.stride, mirrored[i], n_tasks
                 ) + b.view(1, -1, 1, 1)
+            else:  # not measured on a GPU: PyTorch's own grouped convolution
+                h = F.conv2d(h, w.flip(-2, -1), b, self.stride, mirrored[i], 1, n_tasks)
             beta = params[f"norm{i + 1}.bias"].reshape(-1)
             gamma = params.get(f"norm{i + 1}.weight")
             # PyTorch's fused batch norm: exact here (no vmap), and on 84x84
