@@ -306,8 +306,9 @@ class Conv4(nn.Module):
         convolutions (Omniglot) the maps are mirrored so that TF's 'SAME' padding
         becomes symmetric (no ``F.pad`` copies; see ``__init__``), and on a CPU each
         convolution and its derivatives run on the kernels measured fastest
-        (:mod:`mamllib.convolution`). Equal to :meth:`forward` task by task, and its meta-gradient to the loop's and to finite
-        differences (``tests/test_conv4.py``).
+        (:mod:`mamllib.convolution`). Equal to :meth:`forward` task by task, and
+        its meta-gradient to the loop's and to finite differences
+        (``tests/test_conv4.py``).
 
         Args:
             params: the names of ``named_parameters``, each with a leading task axis

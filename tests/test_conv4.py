@@ -262,15 +262,18 @@ def test_batched_path_needs_forward_tasks():
 
 
 @pytest.mark.parametrize(
-    "groups, c_in, size, stride",
+    "batch, groups, c_in, size, stride",
     [
-        (3, 1, 28, 2),  # one input channel per group: the forward runs per group
-        (3, 4, 14, 2),  # input size >= 7: the input gradient runs per group
-        (3, 4, 4, 2),  # all grouped
-        (2, 3, 9, 1),  # stride 1, odd size
+        (10, 3, 1, 28, 2),  # one input channel per group: the forward runs per group
+        (10, 3, 4, 14, 2),  # input size >= 7: the input gradient runs per group
+        (5, 3, 4, 14, 2),  # too few images for per-group calls: all grouped
+        (10, 3, 4, 4, 2),  # all grouped
+        (10, 2, 3, 9, 1),  # stride 1, odd size
     ],
 )
-def test_grouped_conv2d_and_its_derivatives_equal_pytorchs(groups, c_in, size, stride):
+def test_grouped_conv2d_and_its_derivatives_equal_pytorchs(
+    batch, groups, c_in, size, stride
+):
     """mamllib.convolution against F.conv2d: the value, the gradient, and the
     gradient of a function of the gradient (what second-order MAML takes), in
     float64, for shapes that take each kernel choice."""
@@ -278,7 +281,7 @@ def test_grouped_conv2d_and_its_derivatives_equal_pytorchs(groups, c_in, size, s
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(
-        5,
+        batch,
         groups * c_in,
         size,
         size,
