@@ -18,6 +18,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from mamllib.convolution import grouped_conv2d
+from mamllib.normalization import batch_norm_offset
 
 Params = dict[str, torch.Tensor]
 
@@ -306,9 +307,10 @@ class Conv4(nn.Module):
         convolutions (Omniglot) the maps are mirrored so that TF's 'SAME' padding
         becomes symmetric (no ``F.pad`` copies; see ``__init__``), and on a CPU each
         convolution and its derivatives run on the kernels measured fastest
-        (:mod:`mamllib.convolution`). Equal to :meth:`forward` task by task, and
-        its meta-gradient to the loop's and to finite differences
-        (``tests/test_conv4.py``).
+        (:mod:`mamllib.convolution`), and batch norm without gamma has
+        hand-written derivatives (:mod:`mamllib.normalization`). Equal to
+        :meth:`forward` task by task, and its meta-gradient to the loop's and to
+        finite differences (``tests/test_conv4.py``).
 
         Args:
             params: the names of ``named_parameters``, each with a leading task axis
@@ -340,19 +342,25 @@ class Conv4(nn.Module):
                 h = F.conv2d(h, w.flip(-2, -1), b, self.stride, mirrored[i], 1, n_tasks)
             beta = params[f"norm{i + 1}.bias"].reshape(-1)
             gamma = params.get(f"norm{i + 1}.weight")
-            # PyTorch's fused batch norm: exact here (no vmap), and on 84x84
-            # MiniImageNet maps about 20% faster per meta-iteration than the
-            # elementary one (fewer passes over the largest tensors). Its double
-            # backward needs a weight: ones when there is no gamma.
-            h = F.batch_norm(
-                h,
-                None,
-                None,
-                torch.ones_like(beta) if gamma is None else gamma.reshape(-1),
-                beta,
-                training=True,
-                eps=getattr(self, f"norm{i + 1}").eps,
-            )
+            eps = getattr(self, f"norm{i + 1}").eps
+            if mirrored is not None and h.is_cpu and gamma is None:
+                # Omniglot on a CPU: hand-written derivatives, fewer passes over
+                # the maps than PyTorch's (mamllib.normalization).
+                h = batch_norm_offset(h, beta, eps)
+            else:
+                # PyTorch's fused batch norm: exact here (no vmap), and on 84x84
+                # MiniImageNet maps about 20% faster per meta-iteration than the
+                # elementary one (fewer passes over the largest tensors). Its
+                # double backward needs a weight: ones when there is no gamma.
+                h = F.batch_norm(
+                    h,
+                    None,
+                    None,
+                    torch.ones_like(beta) if gamma is None else gamma.reshape(-1),
+                    beta,
+                    training=True,
+                    eps=eps,
+                )
             h = torch.relu(h)
             if self.max_pool:
                 h = F.max_pool2d(h, 2)
