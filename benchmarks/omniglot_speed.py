@@ -57,6 +57,30 @@ group) runs at 5 GFLOP/s, 14 ms against 4 ms channels-last. Choosing the fastest
 kernel per layer and direction would save a share of that (about 15-20% by these
 numbers), not the 23-28% less time that 2x higher needs from the committed runs
 (1.55x and 1.44x); not kept.
+
+2026-11-30, on a different 2-core VM (AMD EPYC with AVX-512; one core's sgemm runs
+at about 96 GFLOP/s), quiet, one experiment at a time. Kept: the batched path's
+TF 'SAME' padding done by mirroring (symmetric padding, no ``F.pad`` copies;
+:class:`mamllib.models.Conv4`) and :mod:`mamllib.convolution`, whose forward and
+input gradient run group by group where that was faster (layer 1's forward, 9 ->
+3 ms; the input gradient of layers 2 and 3, 28 -> 11 ms and 4.2 -> 2.8 ms, one
+thread, 8 tasks). Together about 1.15x at 20-way (``batched-native`` is the path
+without them, in the same run); the convolutions then take about half of a
+one-thread meta-iteration, at about 75 GFLOP/s, close to that sgemm rate, and
+most of the rest is the elementwise work of batch norm's derivatives on layer 1's
+14x14 maps. Tried and not kept:
+
+* channels-last maps throughout the batched path: 1.6x slower;
+* batch norm as an autograd Function with a hand-derived double backward (about
+  17 passes over the maps where PyTorch's composite double backward makes about
+  35; ``gradgradcheck`` passed): 1,030 against 970 ms (8 tasks, one thread);
+* task parallelism: two Python threads, each with half the meta-batch and one
+  intra-op thread, 1,090-1,200 ms against 1,145-1,330 ms for one process with two
+  intra-op threads (20-way). Not built into the library: ``fit`` differentiates one
+  loss, so it would need an autograd Function that runs the threads.
+
+The 2x target against ``higher`` at 20-way stays unmet on this machine as well
+(see ``benchmarks/results/omniglot-cpu*.json``).
 """
 
 from __future__ import annotations
@@ -87,7 +111,7 @@ SETTINGS = {  # name: (n_way, meta-batch, inner_lr, inner steps), paper App. A.1
     "5-way 1-shot": (5, 32, 0.4, 1),
     "20-way 1-shot": (20, 16, 0.1, 5),
 }
-PATHS = ("loop", "vmap", "batched", "batched-native")
+PATHS = ("loop", "vmap", "batched", "threads", "batched-native")
 N_TASK_BATCHES = 2  # every variant cycles through the same few meta-batches
 N_CHECK_TASKS = 4  # tasks in the float64 gradient check against higher
 

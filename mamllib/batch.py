@@ -24,6 +24,10 @@ class Batch:
         """Task ``i`` alone, keeping a task axis of length 1."""
         return type(self)(**{k: v[i : i + 1] for k, v in vars(self).items()})
 
+    def subset(self, index: slice | torch.Tensor):
+        """The tasks at ``index`` (a slice or a tensor of task indices)."""
+        return type(self)(**{k: v[index] for k, v in vars(self).items()})
+
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None):
         """The same tasks on ``device``; ``dtype`` applies to floating tensors only."""
         return type(self)(

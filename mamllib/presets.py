@@ -415,8 +415,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "outer_lr": _positive_float(),
     "first_order": (lambda v: isinstance(v, bool), "True or False"),
     "path": (
-        lambda v: v in ("loop", "vmap", "batched"),
-        "'loop', 'vmap' or 'batched' (batched: models with forward_tasks only)",
+        lambda v: v in ("loop", "vmap", "batched", "threads"),
+        "'loop', 'vmap', 'batched' or 'threads' (batched and threads: models with "
+        "forward_tasks only)",
     ),
     "device": (_cuda_ok, "'cpu', or 'cuda' when a CUDA GPU is available"),
     "n_traj": _int_at_least(1),

@@ -385,3 +385,37 @@ def test_batch_norm_offset_and_its_derivatives_equal_pytorchs():
     ggx = torch.autograd.grad((gx * gx).sum(), x, create_graph=True)[0]
     with pytest.raises(RuntimeError, match="third"):
         torch.autograd.grad(ggx.sum(), x)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_threads_path_equals_loop_and_uses_threads(first_order):
+    """path='threads': the batched path with the tasks shared among Python
+    threads, one intra-op thread each; float64 against the loop, the threads
+    really used, and torch's thread count restored after."""
+    import threading
+
+    model, params, tasks = small_problem(n_tasks=5, n_way=5, n_filters=8)
+    seen = set()
+    forward_tasks = model.forward_tasks
+
+    def recording(p, x):
+        seen.add((threading.get_ident(), torch.get_num_threads()))
+        return forward_tasks(p, x)
+
+    model.forward_tasks = recording
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        loss, grads = meta_gradient(
+            model, params, tasks, cross_entropy_loss, 0.4, 2, first_order, "threads"
+        )
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len({ident for ident, _ in seen}) == 2, seen  # two threads ran tasks
+    assert {n for _, n in seen} == {1}  # each with one intra-op thread
+    loss_loop, grads_loop = meta_gradient(
+        model, params, tasks, cross_entropy_loss, 0.4, 2, first_order, "loop"
+    )
+    torch.testing.assert_close(loss, loss_loop, rtol=1e-10, atol=0)
+    assert_grads_close(grads, grads_loop, 1e-10)
