@@ -15,8 +15,10 @@ Images are random sparse binary ``[1, 28, 28]`` tensors (see :func:`random_tasks
 Variants, each timed alone:
 
 * mamllib ``meta_gradient(..., path=...)`` for ``loop`` (per task, autograd),
-  ``vmap`` (``torch.func``) and ``batched`` (tasks folded into the channels of one
-  grouped convolution, :meth:`mamllib.models.Conv4.forward_tasks`);
+  ``vmap`` (``torch.func``), ``batched`` (tasks folded into the channels of one
+  grouped convolution, :meth:`mamllib.models.Conv4.forward_tasks`), ``threads``
+  (the batched path, tasks shared among CPU threads) and ``batched-native`` (the
+  batched path as it was before 2026-11-30, see below);
 * ``higher``: ``innerloop_ctx`` over an ordinary ``nn.Module`` conv-4 (``nn.Conv2d``,
   ``nn.ZeroPad2d`` for TF's 'SAME', ``nn.BatchNorm2d`` without running statistics
   plus a learned offset) holding the same weights, one task at a time as in
@@ -59,28 +61,39 @@ numbers), not the 23-28% less time that 2x higher needs from the committed runs
 (1.55x and 1.44x); not kept.
 
 2026-11-30, on a different 2-core VM (AMD EPYC with AVX-512; one core's sgemm runs
-at about 96 GFLOP/s), quiet, one experiment at a time. Kept: the batched path's
-TF 'SAME' padding done by mirroring (symmetric padding, no ``F.pad`` copies;
-:class:`mamllib.models.Conv4`) and :mod:`mamllib.convolution`, whose forward and
-input gradient run group by group where that was faster (layer 1's forward, 9 ->
-3 ms; the input gradient of layers 2 and 3, 28 -> 11 ms and 4.2 -> 2.8 ms, one
-thread, 8 tasks). Together about 1.15x at 20-way (``batched-native`` is the path
-without them, in the same run); the convolutions then take about half of a
-one-thread meta-iteration, at about 75 GFLOP/s, close to that sgemm rate, and
-most of the rest is the elementwise work of batch norm's derivatives on layer 1's
-14x14 maps. Tried and not kept:
+at about 96 GFLOP/s), quiet, one experiment at a time. Kept, each measured on one
+thread with 8 tasks at 20-way (the share of a meta-batch one thread takes):
 
-* channels-last maps throughout the batched path: 1.6x slower;
-* batch norm as an autograd Function with a hand-derived double backward (about
-  17 passes over the maps where PyTorch's composite double backward makes about
-  35; ``gradgradcheck`` passed): 1,030 against 970 ms (8 tasks, one thread);
-* task parallelism: two Python threads, each with half the meta-batch and one
-  intra-op thread, 1,090-1,200 ms against 1,145-1,330 ms for one process with two
-  intra-op threads (20-way). Not built into the library: ``fit`` differentiates one
-  loss, so it would need an autograd Function that runs the threads.
+* the batched path's TF 'SAME' padding done by mirroring (symmetric padding, no
+  ``F.pad`` copies; :class:`mamllib.models.Conv4`) and :mod:`mamllib.convolution`,
+  whose forward and input gradient run group by group where that was faster
+  (layer 1's forward 9 -> 3 ms; the input gradient of layer 2, 13 -> 9 ms):
+  1,125 -> 965 ms;
+* :mod:`mamllib.normalization`, batch norm with hand-written first and second
+  derivatives: about 970 -> 885 ms. A first version with ``torch.var_mean`` was
+  slower than PyTorch's (``var_mean`` alone takes 11 ms on ``[20, 512, 14, 14]``,
+  a mean 0.16 ms);
+* ``path="threads"`` (:func:`mamllib.maml.meta_loss_threads`): two Python threads
+  with half the meta-batch each and one intra-op thread, instead of one process
+  with two intra-op threads: about 1.17x at 20-way.
 
-The 2x target against ``higher`` at 20-way stays unmet on this machine as well
-(see ``benchmarks/results/omniglot-cpu*.json``).
+The convolutions then take about 60% of a one-thread meta-iteration, at about 75
+GFLOP/s, near what oneDNN reaches on these shapes (a lone layer-2 forward: 76);
+the 166 convolution calls of a 20-way meta-iteration are exactly what second order
+needs (none is repeated). Most of the rest is elementwise work on layer 1's 14x14
+maps and Python overhead of the autograd Functions. Tried and not kept:
+channels-last maps throughout the batched path (1.6x slower); im2col with a
+batched matmul for layer 1 (5%, then subsumed by the per-group forward).
+
+Against ``higher`` at 20-way (target: 2x), three runs on 2026-11-30 at 2
+threads: 2.12x (``omniglot-cpu.json``, threads path, training's allocator), 1.90x
+(a repeat of the 20-way rows alone, 5 runs of 2 iterations each: threads
+1,086 ms, higher 2,062 ms), and 1.59x with glibc's default allocator
+(``omniglot-cpu-default-allocator.json``), under which the two threads' page
+faults contend and the threads path gains nothing over batched. So about 2x with
+the allocator that training uses, not with the default one. ``higher``'s own time
+moved between 1.6 and 2.2 s across runs this day. What is left would take fused
+elementwise kernels (a compiler or C++).
 """
 
 from __future__ import annotations

@@ -333,6 +333,9 @@ def meta_loss_threads(
     once, w.r.t. ``params`` only (what :func:`meta_gradient` and training do); for
     anything else use ``"batched"``. Intra-op threads are set to 1 for the call
     and restored after it. On a GPU, or with one thread, it is ``"batched"``.
+    The gain needs freed memory kept for reuse (:func:`mamllib.runs.keep_freed_memory`,
+    which the training scripts call): with glibc's default allocator the threads'
+    page faults contend and it is no faster than ``"batched"``.
     """
     n_threads = min(torch.get_num_threads(), len(tasks))
     if n_threads < 2 or not tasks.x_support.is_cpu:

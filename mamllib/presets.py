@@ -104,6 +104,9 @@ _OMNIGLOT_20WAY = {
     "n_inner_steps": 5,
     "n_test_inner_steps": 5,
     "meta_batch_size": 16,
+    # The fastest path at 20-way on a 2-core CPU (benchmarks/omniglot_speed.py); on
+    # a GPU it is the batched path.
+    "path": "threads",
 }
 
 

@@ -38,7 +38,7 @@ parser.add_argument(
 parser.add_argument("--preset", default="paper")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--device", default="cpu")
-parser.add_argument("--path", default=None, help="loop | vmap | batched")
+parser.add_argument("--path", default=None, help="loop | vmap | batched | threads")
 parser.add_argument("--threads", type=int, default=None)
 parser.add_argument(
     "--time-limit",
