@@ -326,13 +326,14 @@ def meta_loss_threads(
     of ``torch.get_num_threads()`` Python threads takes its share of the tasks
     through the whole meta-iteration (forward, inner steps, backward) with one
     intra-op thread, and the shares are summed (at the Omniglot 20-way setting
-    about 10% faster; ``benchmarks/omniglot_speed.py``). Tasks are independent
+    1.12-1.17 times as fast on two cores; ``benchmarks/omniglot_speed.py``). Tasks are independent
     (batch norm is per task), so the result is the batched path's, up to rounding.
 
     The gradient is computed here, so the returned loss can be differentiated
     once, w.r.t. ``params`` only (what :func:`meta_gradient` and training do); for
     anything else use ``"batched"``. Intra-op threads are set to 1 for the call
-    and restored after it. On a GPU, or with one thread, it is ``"batched"``.
+    and restored after it, for the whole process: other threads that run torch
+    meanwhile run on one. On a GPU, or with one thread, it is ``"batched"``.
     The gain needs freed memory kept for reuse (:func:`mamllib.runs.keep_freed_memory`,
     which the training scripts call): with glibc's default allocator the threads'
     page faults contend and it is no faster than ``"batched"``.

@@ -302,8 +302,8 @@ class Conv4(nn.Module):
         convolution is one grouped convolution (``groups=T``) and batch norm over
         the folded channels is exactly per-task, per-channel batch norm. Without
         vmap, PyTorch's own ``F.batch_norm`` (batch statistics) is exact to second
-        order, so it is used here; :meth:`forward` keeps the elementary
-        :func:`batch_norm_batch_stats`, which vmap needs. With strided
+        order, so it is used here (except as below); :meth:`forward` keeps the
+        elementary :func:`batch_norm_batch_stats`, which vmap needs. With strided
         convolutions (Omniglot) the maps are mirrored so that TF's 'SAME' padding
         becomes symmetric (no ``F.pad`` copies; see ``__init__``), and on a CPU each
         convolution and its derivatives run on the kernels measured fastest
