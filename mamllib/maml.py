@@ -326,8 +326,9 @@ def meta_loss_threads(
     of ``torch.get_num_threads()`` Python threads takes its share of the tasks
     through the whole meta-iteration (forward, inner steps, backward) with one
     intra-op thread, and the shares are summed (at the Omniglot 20-way setting
-    1.12-1.17 times as fast on two cores; ``benchmarks/omniglot_speed.py``). Tasks are independent
-    (batch norm is per task), so the result is the batched path's, up to rounding.
+    1.12-1.17 times as fast on two cores; ``benchmarks/omniglot_speed.py``).
+    Tasks are independent (batch norm is per task), so the result is the batched
+    path's, up to rounding.
 
     The gradient is computed here, so the returned loss can be differentiated
     once, w.r.t. ``params`` only (what :func:`meta_gradient` and training do); for
