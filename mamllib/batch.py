@@ -22,7 +22,7 @@ class Batch:
 
     def task(self, i: int):
         """Task ``i`` alone, keeping a task axis of length 1."""
-        return type(self)(**{k: v[i : i + 1] for k, v in vars(self).items()})
+        return self.subset(slice(i, i + 1))
 
     def subset(self, index: slice | torch.Tensor):
         """The tasks at ``index`` (a slice or a tensor of task indices)."""

@@ -22,8 +22,8 @@ dy)>``, so the gradient of each with respect to either input is one of the three
 again. Each calls the kernel measured fastest for its shape: the forward and input
 gradient run group by group where that was faster, everything else as one grouped
 call (group by group only on a CPU: the measurements were made there). The value
-is the same linear map whichever kernel computes it (rounding
-aside); ``tests/test_conv4.py`` checks all three against PyTorch's convolution and
+is the same linear map whichever kernel computes it (rounding aside);
+``tests/test_conv4.py`` checks all three against PyTorch's convolution and
 its derivatives, and the meta-gradient against the per-task loop and finite
 differences.
 

@@ -326,15 +326,18 @@ class Conv4(nn.Module):
         mirrored = self.mirrored_padding
         if mirrored is not None:  # see __init__: flipped maps, symmetric padding
             h = h.flip(-2, -1)
+        # Omniglot on a CPU: the kernels measured there (mamllib.convolution,
+        # mamllib.normalization); elsewhere PyTorch's own.
+        measured_cpu = mirrored is not None and h.is_cpu
         for i in range(4):
             w = params[f"conv{i + 1}.weight"]  # [T, O, I, 3, 3]
             w = w.reshape(-1, *w.shape[2:])
             b = params[f"conv{i + 1}.bias"].reshape(-1)
             if mirrored is None:
                 h = self._conv(i, h, w, b, groups=n_tasks)
-            elif h.is_cpu:
-                # Kernels chosen per derivative (mamllib.convolution): PyTorch's
-                # grouped ones are slow on some of these shapes on a CPU.
+            elif measured_cpu:
+                # Kernels chosen per derivative: PyTorch's grouped ones are slow on
+                # some of these shapes on a CPU.
                 h = grouped_conv2d(
                     h, w.flip(-2, -1), self.stride, mirrored[i], n_tasks
                 ) + b.view(1, -1, 1, 1)
@@ -343,9 +346,9 @@ class Conv4(nn.Module):
             beta = params[f"norm{i + 1}.bias"].reshape(-1)
             gamma = params.get(f"norm{i + 1}.weight")
             eps = getattr(self, f"norm{i + 1}").eps
-            if mirrored is not None and h.is_cpu and gamma is None:
-                # Omniglot on a CPU: hand-written derivatives, fewer passes over
-                # the maps than PyTorch's (mamllib.normalization).
+            if measured_cpu and gamma is None:
+                # Hand-written derivatives, fewer passes over the maps than
+                # PyTorch's.
                 h = batch_norm_offset(h, beta, eps)
             else:
                 # PyTorch's fused batch norm: exact here (no vmap), and on 84x84

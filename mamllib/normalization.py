@@ -6,8 +6,8 @@ of ``F.batch_norm`` is a composite of about 35 passes over the maps, and its fus
 forward is slower on a CPU than a few elementary ops on the Omniglot maps
 (``[20, 512, 14, 14]`` at 20-way, 8 tasks: 3.8 ms fused, about 2 ms as ops). Here
 the forward, the backward and the backward's derivative are each a few passes, in
-two ``torch.autograd.Function``s. Same function as ``F.batch_norm(x, None, None,
-1, beta, training=True, eps=eps)`` and as
+three ``torch.autograd.Function``s (the last one raises if differentiated). Same
+function as ``F.batch_norm(x, None, None, 1, beta, training=True, eps=eps)`` and as
 :func:`mamllib.models.batch_norm_batch_stats` without gamma; ``tests/test_conv4.py``
 checks the value and the first and second derivatives against PyTorch's and with
 ``gradgradcheck``. A third derivative raises (MAML needs two).
