@@ -94,6 +94,24 @@ faults contend and the threads path gains nothing over batched. So about 2x with
 the allocator that training uses, not with the default one. ``higher``'s own time
 moved between 1.6 and 2.2 s across runs this day. What is left would take fused
 elementwise kernels (a compiler or C++).
+
+2026-12-01, same VM, quiet (the training job paused): the batched path leaves out
+the conv biases, which batch norm with batch statistics cancels (8 tasks, one
+thread: 843-893 ms against 875-887 before, within noise). The committed
+``omniglot-cpu.json`` (training's allocator) gives higher / threads 2.00x at 20-way
+and 2.83x at 5-way; ``omniglot-cpu-default-allocator.json`` 1.83x and 2.50x (batched
+fastest). Where one thread's 8 tasks spend their ~870 ms at 20-way: convolutions
+about 620 ms at 75-80 GFLOP/s (one core's sgemm: about 96), elementwise kernels
+150-170 ms (per-channel multiplications 26 ms, means 24, concatenations 17, ReLU
+derivatives 12, kernel flips 10). Two threads at 16 tasks fault in 14,000-16,000
+pages and spend 164-180 ms in the kernel per iteration; ``MALLOC_ARENA_MAX=1`` cuts
+that to about 1,000 faults and 32 ms but is slower overall (1,005-1,015 against
+956-963 ms: both threads then share one arena's lock). Two processes of 8 tasks on
+one thread each take 918-924 ms against 860 alone (the cores' shared caches and
+memory), so processes instead of threads could gain at most about 4%: not tried.
+On MiniImageNet's 84x84 maps the hand-written batch norm was no clear gain over
+``F.batch_norm`` in the batched path (4 tasks, 5-way 1-shot, 5 steps, one thread:
+2,695-3,268 against 2,759-2,765 ms); the batched path keeps ``F.batch_norm`` there.
 """
 
 from __future__ import annotations
