@@ -33,7 +33,8 @@ It applies to every variant, ``higher`` included; ``--allocator default`` is gli
 behaviour, under which results before this option were measured.
 
 Then the fastest mamllib path is profiled (``torch.profiler``, top ops by self CPU
-time). CPU timings on a shared machine are noisy: compare ratios from one run.
+time); when that is ``threads``, the profiler would see only the calling thread, so
+the first thread's share of the tasks is profiled on the batched path, one thread. CPU timings on a shared machine are noisy: compare ratios from one run.
 
 Tried on the batched path at 20-way and not kept (no gain, or slower, in one-thread
 trials on this CPU): channels-last tensors for the grouped convolutions; im2col
@@ -431,21 +432,19 @@ def main() -> None:
                     print(f"{name} / {fastest}: {ratio:.2f}x")
             if not args.no_profile:
                 path = fastest.removeprefix("mamllib-")
-                tasks = task_batches[0]
+                tasks, profiled = task_batches[0], fastest
                 if path == "threads":
-                    # The profiler sees only the calling thread: profile one
-                    # thread's share instead, the batched path on one thread.
-                    share = -(-n_tasks // args.threads)
-                    path = "batched"
-                    profiled = f"mamllib-batched, one thread, {share} tasks"
-                    tasks = tasks.subset(slice(0, share))
+                    # The profiler sees only the calling thread: profile the first
+                    # thread's share instead (as meta_loss_threads splits the
+                    # tasks), the batched path on one thread.
+                    share = torch.arange(n_tasks).tensor_split(args.threads)[0]
+                    tasks, path = tasks.subset(share), "batched"
+                    profiled = f"mamllib-batched, one thread, {len(share)} tasks"
                     torch.set_num_threads(1)
-                else:
-                    profiled = fastest
                 table = profile_top_ops(
                     mamllib_step(path, n_way, inner_lr, n_steps, params), tasks
                 )
-                torch.set_num_threads(args.threads)
+                torch.set_num_threads(args.threads)  # as set for the timings
                 profiles[setting] = {"variant": profiled, "table": table}
                 print(f"\nprofile of {profiled}, one meta-iteration:\n{table}")
 
