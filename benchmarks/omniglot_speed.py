@@ -34,7 +34,8 @@ behaviour, under which results before this option were measured.
 
 Then the fastest mamllib path is profiled (``torch.profiler``, top ops by self CPU
 time); when that is ``threads``, the profiler would see only the calling thread, so
-the first thread's share of the tasks is profiled on the batched path, one thread. CPU timings on a shared machine are noisy: compare ratios from one run.
+the first thread's share of the tasks is profiled on the batched path, one thread.
+CPU timings on a shared machine are noisy: compare ratios from one run.
 
 Tried on the batched path at 20-way and not kept (no gain, or slower, in one-thread
 trials on this CPU): channels-last tensors for the grouped convolutions; im2col

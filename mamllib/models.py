@@ -190,9 +190,10 @@ class Conv4(nn.Module):
       eps 1e-3 and, like TF's ``tf_layers.batch_norm`` defaults (``center=True,
       scale=False``), a learned offset beta and no scale gamma; ``bn_scale=True``
       adds gamma. The conv bias is kept, as in the original, although batch norm
-      cancels it (its gradient is zero); :meth:`forward_tasks` leaves it out. One difference: cbfinn/maml meta-learns
-      beta but leaves it out of the inner loop (it is not in ``weights``); here it
-      is in ``params`` and adapted like every other parameter.
+      cancels it (its gradient is zero); :meth:`forward_tasks` leaves it out. One
+      difference: cbfinn/maml meta-learns beta but leaves it out of the inner loop
+      (it is not in ``weights``); here it is in ``params`` and adapted like every
+      other parameter.
 
     Inputs are ``[N, in_channels, image_size, image_size]``; outputs are logits
     ``[N, n_way]``. The module holds structure only (meta device); parameters come
