@@ -8,7 +8,8 @@ Run on a machine with a CUDA GPU (from the repository root):
    path on the CPU (first and second order).
 2. Median ms per meta-iteration (meta-gradient + Adam step) at the paper's sinusoid
    setting, loop and vmap, first and second order, on the GPU.
-3. A short MAML training on the GPU through ``mamllib.sinusoid.train_method`` (the same
+3. A short MAML training on the GPU through
+``mamllib.experiments.sinusoid.train_method`` (the same
    code path as ``device="cuda"`` in notebook 05), with its loss falling.
 """
 
@@ -19,10 +20,10 @@ import time
 
 import torch
 
+from mamllib.experiments.sinusoid import train_method
 from mamllib.maml import meta_gradient, mse_loss
 from mamllib.models import MLP, init_params
 from mamllib.presets import make_config
-from mamllib.sinusoid import train_method
 from mamllib.tasks import SinusoidTasks, make_generator
 
 

@@ -1,6 +1,7 @@
 """Where the time of one MAML-TRPO meta-iteration goes, at a paper preset.
 
-One meta-iteration of ``mamllib.rl.train.meta_iteration`` (as training runs it), with
+One meta-iteration of ``mamllib.experiments.metarl.meta_iteration`` (as training
+runs it), with
 each part timed by wrapping the functions it calls:
 
 * ``sampling``: both sets of trajectories (before and after the inner step), the
@@ -32,15 +33,11 @@ from pathlib import Path
 
 import torch
 
+import mamllib.experiments.metarl as train
 import mamllib.rl.metarl as metarl
-import mamllib.rl.train as train
+from mamllib.fast.allocator import add_allocator_option, use_allocator
 from mamllib.presets import make_config
-from mamllib.runs import (
-    add_allocator_option,
-    device_description,
-    git_commit,
-    use_allocator,
-)
+from mamllib.runs import device_description, git_commit
 from mamllib.tasks import make_generator
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

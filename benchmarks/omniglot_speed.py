@@ -26,7 +26,7 @@ Variants, each timed alone:
   (float64, a few tasks).
 
 ``--allocator keep`` (the default) runs the whole process with
-:func:`mamllib.runs.keep_freed_memory`, as ``scripts/train_omniglot.py`` does: freed
+:func:`mamllib.fast.allocator.keep_freed_memory`, as training does: freed
 activations are reused instead of being faulted in again (at 20-way, 138,000 -> 11,800
 page faults and 476 -> 39 ms of system time per batched meta-iteration on one thread).
 It applies to every variant, ``higher`` included; ``--allocator default`` is glibc's
@@ -67,15 +67,15 @@ at about 96 GFLOP/s), quiet, one experiment at a time. Kept, each measured on on
 thread with 8 tasks at 20-way (the share of a meta-batch one thread takes):
 
 * the batched path's TF 'SAME' padding done by mirroring (symmetric padding, no
-  ``F.pad`` copies; :class:`mamllib.models.Conv4`) and :mod:`mamllib.convolution`,
+  ``F.pad`` copies; :class:`mamllib.models.Conv4`) and :mod:`mamllib.fast.convolution`,
   whose forward and input gradient run group by group where that was faster
   (layer 1's forward 9 -> 3 ms; the input gradient of layer 2, 13 -> 9 ms):
   1,125 -> 965 ms;
-* :mod:`mamllib.normalization`, batch norm with hand-written first and second
+* :mod:`mamllib.fast.normalization`, batch norm with hand-written first and second
   derivatives: about 970 -> 885 ms. A first version with ``torch.var_mean`` was
   slower than PyTorch's (``var_mean`` alone takes 11 ms on ``[20, 512, 14, 14]``,
   a mean 0.16 ms);
-* ``path="threads"`` (:func:`mamllib.maml.meta_loss_threads`): two Python threads
+* ``path="threads"`` (:func:`mamllib.fast.threads.meta_loss_threads`): two threads
   with half the meta-batch each and one intra-op thread, instead of one process
   with two intra-op threads: about 1.17x at 20-way.
 
@@ -129,9 +129,10 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from mamllib.fast.allocator import add_allocator_option, use_allocator
 from mamllib.maml import cross_entropy_loss, meta_gradient
 from mamllib.models import Conv4, detach_params, init_params
-from mamllib.runs import add_allocator_option, git_commit, use_allocator
+from mamllib.runs import git_commit
 from mamllib.tasks import TaskBatch, make_generator
 
 try:
@@ -173,7 +174,7 @@ def mamllib_step(path, n_way, inner_lr, n_inner_steps, params):
     """A meta-iteration with mamllib: ``step(tasks)`` = meta-gradient + Adam step.
 
     ``path`` ``"batched-native"`` is the batched path as it was before the
-    mirrored padding and :mod:`mamllib.convolution` (``F.pad`` + PyTorch's grouped
+    mirrored padding and :mod:`mamllib.fast.convolution` (``F.pad`` + PyTorch's grouped
     convolution), kept to measure what they gain in the same run.
     """
     model = Conv4(n_way)

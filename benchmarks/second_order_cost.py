@@ -44,7 +44,8 @@ from pathlib import Path
 
 import torch
 
-from mamllib.runs import add_allocator_option, git_commit, use_allocator
+from mamllib.fast.allocator import add_allocator_option, use_allocator
+from mamllib.runs import git_commit
 
 PAPER_SHAPES = {
     "n_way": 5,
@@ -93,8 +94,8 @@ def checkpointed_meta_loss(model, params, tasks, loss_fn, inner_lr, n_inner_step
 
 def measure(variant: str, n_inner_steps: int, iters: int, device: str) -> dict:
     """Time and memory of one configuration (run inside a fresh subprocess)."""
+    from mamllib.data.miniimagenet import Episodes
     from mamllib.maml import cross_entropy_loss, meta_loss_batched
-    from mamllib.miniimagenet import Episodes
     from mamllib.models import Conv4, init_params
 
     s = PAPER_SHAPES

@@ -17,8 +17,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from mamllib.convolution import grouped_conv2d
-from mamllib.normalization import batch_norm_offset
+from mamllib.fast.convolution import grouped_conv2d
+from mamllib.fast.normalization import batch_norm_offset
 
 Params = dict[str, torch.Tensor]
 
@@ -308,8 +308,8 @@ class Conv4(nn.Module):
         convolutions (Omniglot) the maps are mirrored so that TF's 'SAME' padding
         becomes symmetric (no ``F.pad`` copies; see ``__init__``), and on a CPU each
         convolution and its derivatives run on the kernels measured fastest
-        (:mod:`mamllib.convolution`), and batch norm without gamma has
-        hand-written derivatives (:mod:`mamllib.normalization`). Equal to
+        (:mod:`mamllib.fast.convolution`), and batch norm without gamma has
+        hand-written derivatives (:mod:`mamllib.fast.normalization`). Equal to
         :meth:`forward` task by task, and its meta-gradient to the loop's and to
         finite differences (``tests/test_conv4.py``).
 
@@ -327,8 +327,8 @@ class Conv4(nn.Module):
         mirrored = self.mirrored_padding
         if mirrored is not None:  # see __init__: flipped maps, symmetric padding
             h = h.flip(-2, -1)
-        # Omniglot on a CPU: the kernels measured there (mamllib.convolution,
-        # mamllib.normalization); elsewhere PyTorch's own.
+        # Omniglot on a CPU: the kernels measured there (mamllib.fast.convolution,
+        # mamllib.fast.normalization); elsewhere PyTorch's own.
         measured_cpu = mirrored is not None and h.is_cpu
         for i in range(4):
             w = params[f"conv{i + 1}.weight"]  # [T, O, I, 3, 3]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mamllib.maml import META_LOSSES, LossFn
+from mamllib.maml import LossFn, meta_loss_of
 from mamllib.models import Params, detach_params
 from mamllib.runs import save_torch
 
@@ -88,7 +88,7 @@ def meta_objective(
     path: str = "vmap",
 ) -> Objective:
     """MAML's meta-objective as ``objective(params, tasks)`` for :func:`fit`."""
-    meta_loss = META_LOSSES[path]
+    meta_loss = meta_loss_of(path)
 
     def objective(params: Params, tasks) -> torch.Tensor:
         return meta_loss(

@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from mamllib.fewshot import PAPER_TABLE1, run_name, setting_name
+from mamllib.experiments.fewshot import PAPER_TABLE1, run_name, setting_name
 from mamllib.runs import (
     RunFolder,
     git_commit,

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from mamllib.fewshot import model_for
+from mamllib.data.omniglot import OmniglotTasks, load_omniglot
+from mamllib.experiments.fewshot import model_for
 from mamllib.maml import cross_entropy_loss, meta_gradient
 from mamllib.models import init_params
-from mamllib.omniglot import OmniglotTasks, load_omniglot
 from mamllib.presets import make_config
 from mamllib.tasks import make_generator
 

@@ -24,7 +24,7 @@
 #      files, none more than two folders down)
 #
 # The device machine has no ../shared/data: carry the Omniglot cache built here
-# (MAMLLIB_CACHE=.devcache python -c "from mamllib.omniglot import load_omniglot;
+# (MAMLLIB_CACHE=.devcache python -c "from mamllib.data.omniglot import load_omniglot;
 # load_omniglot()") and the run folders to continue, for example with the run tool's
 #   carry: [".devcache", "results/07-omniglot/omniglot-20way-1shot",
 #           "results/07-omniglot/omniglot-20way-5shot"]

@@ -22,8 +22,7 @@ import time
 
 import torch
 
-from mamllib.presets import make_config
-from mamllib.rl.train import (
+from mamllib.experiments.metarl import (
     METHODS,
     evaluate_methods,
     initial_params,
@@ -31,7 +30,8 @@ from mamllib.rl.train import (
     save_results,
     train_policy,
 )
-from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory
+from mamllib.presets import make_config
+from mamllib.runs import RunFolder, handle_interrupts
 
 parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
 parser.add_argument(
@@ -78,7 +78,6 @@ parser.add_argument(
 )
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
-keep_freed_memory()  # 1.8x faster at the locomotion paper preset (see its doc)
 overrides = {"seed": args.seed, "path": args.path}
 if args.experiment != "navigation":
     overrides["sim_threads"] = args.sim_threads

@@ -9,7 +9,7 @@ validation classes, and the iterations reached), ``params-maml.pt``. Run it agai
 continue from the checkpoint; ``--time-limit`` stops after that many seconds of
 training (with a checkpoint), so a long run can be made in pieces. A call that trains
 nothing and finds a ``metrics.json`` that already scores those weights
-(:func:`mamllib.fewshot.already_evaluated`) does not evaluate them again
+(:func:`mamllib.experiments.fewshot.already_evaluated`) does not evaluate them again
 (``--reevaluate`` does: 600 tasks at 10 steps take minutes on a CPU).
 
     python scripts/train_miniimagenet.py --experiment miniimagenet-5way-1shot \\
@@ -17,7 +17,7 @@ nothing and finds a ``metrics.json`` that already scores those weights
     python scripts/train_miniimagenet.py --first-order   # the paper's first-order row
     python scripts/train_miniimagenet.py --iterations 300  # first 300 of 60,000
 
-The data: ``MAMLLIB_DATA`` (see :mod:`mamllib.miniimagenet`).
+The data: ``MAMLLIB_DATA`` (see :mod:`mamllib.data.miniimagenet`).
 """
 
 import argparse
@@ -26,7 +26,8 @@ import time
 
 import torch
 
-from mamllib.fewshot import (
+from mamllib.data.miniimagenet import MiniImagenetTasks, load_miniimagenet
+from mamllib.experiments.fewshot import (
     already_evaluated,
     evaluate_maml,
     run_name,
@@ -34,9 +35,8 @@ from mamllib.fewshot import (
     setting_name,
     train_maml,
 )
-from mamllib.miniimagenet import MiniImagenetTasks, load_miniimagenet
 from mamllib.presets import PRESETS, make_config
-from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory
+from mamllib.runs import RunFolder, handle_interrupts
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
@@ -74,7 +74,6 @@ args = parser.parse_args()
 # Measured at the 5-way 1-shot paper shapes, one CPU thread: 11.7 -> 8.6 s per
 # meta-iteration (the 270 MB activations of the query images are no longer returned
 # to the kernel and faulted in again every iteration; see the function's doc).
-keep_freed_memory()
 if args.threads:
     torch.set_num_threads(args.threads)
 config = make_config(

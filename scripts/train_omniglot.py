@@ -5,7 +5,8 @@ Writes into the run folder the Omniglot chapter uses,
 ``config.json``, ``history.json``, ``metrics.json`` (test accuracy with 95% CI and the
 iterations reached), ``params-maml.pt``. Run it again to continue from the checkpoint.
 A call on a complete run trains nothing and, finding a ``metrics.json`` that already
-scores those weights (:func:`mamllib.fewshot.already_evaluated`), does not evaluate
+scores those weights (:func:`mamllib.experiments.fewshot.already_evaluated`),
+does not evaluate
 them again (``--reevaluate`` does).
 
     python scripts/train_omniglot.py --experiment omniglot-5way-1shot --preset paper \\
@@ -18,16 +19,16 @@ import time
 
 import torch
 
-from mamllib.fewshot import (
+from mamllib.data.omniglot import OmniglotTasks, load_omniglot
+from mamllib.experiments.fewshot import (
     already_evaluated,
     evaluate_maml,
     run_name,
     save_results,
     train_maml,
 )
-from mamllib.omniglot import OmniglotTasks, load_omniglot
 from mamllib.presets import PRESETS, make_config
-from mamllib.runs import RunFolder, handle_interrupts, keep_freed_memory
+from mamllib.runs import RunFolder, handle_interrupts
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument(
@@ -56,7 +57,6 @@ args = parser.parse_args()
 # page faults and 92 -> 4 ms of system time per meta-iteration, 740 -> 659 ms wall
 # (20-way: 138,000 -> 11,800 faults, 476 -> 39 ms system time). Freed activations
 # are reused instead of being returned to the kernel and faulted in again.
-keep_freed_memory()
 if args.threads:
     torch.set_num_threads(args.threads)
 config = make_config(

@@ -10,9 +10,9 @@ import argparse
 
 import torch
 
+from mamllib.experiments.sinusoid import train_method
 from mamllib.presets import make_config
 from mamllib.runs import RunFolder, handle_interrupts
-from mamllib.sinusoid import train_method
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--preset", default="paper")

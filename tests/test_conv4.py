@@ -282,10 +282,10 @@ def test_batched_path_needs_forward_tasks():
 def test_grouped_conv2d_and_its_derivatives_equal_pytorchs(
     batch, groups, c_in, size, stride
 ):
-    """mamllib.convolution against F.conv2d: the value, the gradient, and the
+    """mamllib.fast.convolution against F.conv2d: the value, the gradient, and the
     gradient of a function of the gradient (what second-order MAML takes), in
     float64, for shapes that take each kernel choice."""
-    from mamllib.convolution import grouped_conv2d
+    from mamllib.fast.convolution import grouped_conv2d
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(
@@ -352,10 +352,10 @@ def test_fast_path_padding_is_the_mirrored_tf_same():
 
 
 def test_batch_norm_offset_and_its_derivatives_equal_pytorchs():
-    """mamllib.normalization (the batched path's batch norm without gamma) against
+    """mamllib.fast.normalization (the batched path's batch norm without gamma) against
     F.batch_norm: value, gradient, gradient of a function of the gradient, and
     finite differences to second order; a third derivative raises."""
-    from mamllib.normalization import batch_norm_offset
+    from mamllib.fast.normalization import batch_norm_offset
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(6, 5, 4, 4, generator=generator, dtype=torch.float64) * 3 + 1

@@ -8,15 +8,7 @@ import torch
 pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 
-from mamllib.presets import make_config  # noqa: E402
-from mamllib.rl.locomotion import (  # noqa: E402
-    ROBOTS,
-    Locomotion,
-    gymnasium_env,
-    sample_goals,
-)
-from mamllib.rl.metarl import meta_objective_loop, meta_objective_vmap  # noqa: E402
-from mamllib.rl.train import (  # noqa: E402
+from mamllib.experiments.metarl import (  # noqa: E402
     adaptation_returns,
     initial_params,
     models,
@@ -25,6 +17,14 @@ from mamllib.rl.train import (  # noqa: E402
     train_policy,
     with_old_policy,
 )
+from mamllib.presets import make_config  # noqa: E402
+from mamllib.rl.locomotion import (  # noqa: E402
+    ROBOTS,
+    Locomotion,
+    gymnasium_env,
+    sample_goals,
+)
+from mamllib.rl.metarl import meta_objective_loop, meta_objective_vmap  # noqa: E402
 
 
 @pytest.mark.parametrize("robot", ["half_cheetah", "ant"])

@@ -17,7 +17,7 @@ import torch
 from gradcheck import assert_matches_finite_differences, flat
 from PIL import Image
 
-from mamllib import miniimagenet as mi
+from mamllib.data import miniimagenet as mi
 from mamllib.maml import adapt, cross_entropy_loss, meta_gradient, task_loss
 from mamllib.models import Conv4, init_params
 
@@ -376,7 +376,7 @@ def test_pool_net_fast_paths_equal_loop(first_order):
 
 
 def test_presets_follow_the_paper(monkeypatch):
-    from mamllib.fewshot import model_for
+    from mamllib.experiments.fewshot import model_for
     from mamllib.presets import make_config
 
     monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
@@ -423,7 +423,7 @@ def test_fit_clips_the_meta_gradient_elementwise(monkeypatch):
 def test_train_selects_on_validation_and_resumes(splits, tmp_path, monkeypatch):
     """A few iterations at tiny shapes: the selection record, the best params, and a
     resumed run that selects exactly as the uninterrupted one."""
-    from mamllib.fewshot import evaluate_maml, train_maml
+    from mamllib.experiments.fewshot import evaluate_maml, train_maml
     from mamllib.presets import make_config
     from mamllib.runs import RunFolder
 
@@ -472,7 +472,7 @@ def test_train_selects_on_validation_and_resumes(splits, tmp_path, monkeypatch):
 
 def test_a_paper_run_stopped_early_is_labelled_partial(tmp_path):
     """--iterations N lowers n_iterations: reaching it is not reaching the paper's."""
-    from mamllib.fewshot import save_results
+    from mamllib.experiments.fewshot import save_results
     from mamllib.presets import make_config
     from mamllib.runs import RunFolder, read_json
     from mamllib.train import FitResult
@@ -503,7 +503,7 @@ def test_a_call_that_trained_nothing_is_not_evaluated_again(tmp_path):
     iteration; every other case must evaluate (None)."""
     import dataclasses
 
-    from mamllib.fewshot import already_evaluated, save_results
+    from mamllib.experiments.fewshot import already_evaluated, save_results
     from mamllib.presets import make_config
     from mamllib.runs import RunFolder
     from mamllib.train import FitResult
@@ -537,7 +537,7 @@ def test_loop_evaluation_equals_the_vmap_curve():
     """evaluate_maml scores 84x84 tasks one at a time (faster on a CPU): the same
     curve as the vmap adaptation_curve."""
     from mamllib.evaluate import adaptation_curve
-    from mamllib.fewshot import adaptation_curve_loop
+    from mamllib.experiments.fewshot import adaptation_curve_loop
     from mamllib.maml import accuracy
 
     model, params, tasks = pool_problem(n_tasks=3, k_shot=2)

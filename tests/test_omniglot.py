@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from mamllib import omniglot as om
+from mamllib.data import omniglot as om
 from mamllib.maml import cross_entropy_loss, meta_loss_loop, meta_loss_vmap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -461,7 +461,7 @@ def test_maml_on_omniglot_learns_well_above_chance_in_a_short_run(
     train_tasks, test_tasks, monkeypatch
 ):
     """ci preset (60 meta-iterations of 4 tasks): far from the paper, far above 1/5."""
-    from mamllib.fewshot import evaluate_maml, train_maml
+    from mamllib.experiments.fewshot import evaluate_maml, train_maml
     from mamllib.presets import make_config
 
     monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
@@ -477,7 +477,7 @@ def test_maml_on_omniglot_learns_well_above_chance_in_a_short_run(
 
 
 def test_run_name_is_the_folder_the_scripts_and_chapters_share():
-    from mamllib.fewshot import run_name
+    from mamllib.experiments.fewshot import run_name
 
     assert run_name("omniglot-20way-5shot") == "07-omniglot/omniglot-20way-5shot"
     assert (

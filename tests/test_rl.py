@@ -6,6 +6,7 @@ import pytest
 import torch
 from gradcheck import flat
 
+from mamllib.experiments.metarl import train_policy
 from mamllib.models import MLP
 from mamllib.presets import make_config
 from mamllib.rl.envs import Navigation2D, sample_goals
@@ -31,7 +32,6 @@ from mamllib.rl.rollouts import (
     fit_linear_baseline,
     sample_trajectories,
 )
-from mamllib.rl.train import train_policy
 from mamllib.rl.trpo import conjugate_gradient, direct_problem, trpo_step
 
 # --------------------------------------------------------------------------------------

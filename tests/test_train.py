@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from mamllib.evaluate import adaptation_curve, evaluation_tasks, mean_ci
+from mamllib.experiments.sinusoid import train_method
 from mamllib.maml import adapt, mse_loss, task_loss
 from mamllib.models import MLP, init_params
 from mamllib.presets import make_config
 from mamllib.runs import RunFolder, read_json, repo_root, write_json, write_manifest
-from mamllib.sinusoid import train_method
 from mamllib.tasks import SinusoidTasks, make_generator
 from mamllib.train import fit, meta_objective
 

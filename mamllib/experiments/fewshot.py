@@ -1,6 +1,6 @@
 """Few-shot image classification with MAML (paper §5.2): Omniglot and MiniImageNet.
 
-Glue on the top floor, like :mod:`mamllib.sinusoid`: a config from
+Glue on the top floor, like :mod:`mamllib.experiments.sinusoid`: a config from
 ``presets.make_config("omniglot-5way-1shot", ...)`` (or ``"miniimagenet-5way-1shot"``)
 becomes a trained conv-4 with checkpoints in a run folder, scored on fixed test tasks
 (accuracy mean and 95% CI). The chapters on Omniglot (07) and MiniImageNet (08) walk

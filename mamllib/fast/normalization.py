@@ -117,7 +117,7 @@ class BatchNormSecondDerivative(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         raise RuntimeError(
-            "mamllib.normalization's batch norm has derivatives up to the second "
+            "mamllib.fast.normalization's batch norm has derivatives up to the second "
             "(what MAML needs); for a third, use Conv4.forward or F.batch_norm"
         )
 

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from mamllib.batch import Batch, split_episodes
-from mamllib.omniglot import CACHE_ENV, DATA_ENV, cache_dir
+from mamllib.data.omniglot import CACHE_ENV, DATA_ENV, cache_dir
 from mamllib.runs import write_json
 
 SPLITS = ("train", "val", "test")
