@@ -12,9 +12,9 @@ import math
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import vmap
 
-from mamllib.maml import LossFn, task_loss
+from mamllib.maml import LossFn, inner_update
 from mamllib.models import Params, detach_params, forward
 from mamllib.tasks import SinusoidTasks, TaskBatch
 
@@ -64,12 +64,12 @@ def adaptation_curve(
     metric_fn = metric_fn or loss_fn
 
     def one_task(xs, ys, xq, yq):
-        support_grad = grad(lambda p: task_loss(model, p, xs, ys, loss_fn))
         adapted_params = params
         values = [metric_fn(forward(model, adapted_params, xq), yq)]
         for _ in range(n_steps):
-            g = support_grad(adapted_params)
-            adapted_params = {k: v - inner_lr * g[k] for k, v in adapted_params.items()}
+            adapted_params = inner_update(
+                model, adapted_params, xs, ys, loss_fn, inner_lr, first_order=True
+            )
             values.append(metric_fn(forward(model, adapted_params, xq), yq))
         return torch.stack(values)
 

@@ -74,6 +74,51 @@ def task_loss(
 # --------------------------------------------------------------------------------------
 
 
+def sgd_step(params: Params, grads: Params, inner_lr: float) -> Params:
+    """theta - alpha g for every parameter: eq. 1 given the gradient ``grads``.
+
+    A missing gradient (``None``: the parameter does not reach the loss) leaves the
+    parameter as it is.
+    """
+    return {
+        k: p if grads.get(k) is None else p - inner_lr * grads[k]
+        for k, p in params.items()
+    }
+
+
+def inner_step(
+    loss_of_params: Callable[[Params], torch.Tensor],
+    params: Params,
+    inner_lr: float,
+    first_order: bool = False,
+) -> Params:
+    """One inner SGD step on any loss of the parameters: theta' = theta - alpha grad
+    L(theta) (eq. 1). Every domain (regression, images, policies) and the evaluation
+    adapt through it.
+
+    Second order keeps the inner gradient's graph, so that a meta-gradient taken
+    later differentiates through the step (this is where the Hessian term comes
+    from); first order treats the inner gradient as a constant. Under a
+    ``torch.func`` transform (``vmap``) the gradient is ``torch.func.grad``, whose
+    result ordinary autograd still differentiates; elsewhere it is
+    ``torch.autograd.grad`` with ``create_graph=not first_order`` (``params`` must
+    require grad).
+    """
+    if torch._C._are_functorch_transforms_active():
+        grads = grad(loss_of_params)(params)
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+    else:
+        values = torch.autograd.grad(
+            loss_of_params(params),
+            tuple(params.values()),
+            create_graph=not first_order,
+            allow_unused=True,
+        )
+        grads = dict(zip(params, values))
+    return sgd_step(params, grads, inner_lr)
+
+
 def inner_update(
     model: nn.Module,
     params: Params,
@@ -83,20 +128,13 @@ def inner_update(
     inner_lr: float,
     first_order: bool = False,
 ) -> Params:
-    """One SGD step on the support set: theta' = theta - alpha grad L(theta) (eq. 1).
-
-    ``create_graph=not first_order``: second-order MAML keeps the graph of the inner
-    gradient so the meta-gradient can differentiate through it (this is where the
-    Hessian term comes from); first order treats the inner gradient as a constant.
-    """
-    loss = task_loss(model, params, x_support, y_support, loss_fn)
-    grads = torch.autograd.grad(
-        loss, tuple(params.values()), create_graph=not first_order, allow_unused=True
+    """:func:`inner_step` on the support loss of ``model``: eq. 1 for one task."""
+    return inner_step(
+        lambda p: task_loss(model, p, x_support, y_support, loss_fn),
+        params,
+        inner_lr,
+        first_order,
     )
-    return {
-        name: p if g is None else p - inner_lr * g
-        for (name, p), g in zip(params.items(), grads)
-    }
 
 
 def adapt(
@@ -111,7 +149,8 @@ def adapt(
 ) -> Params:
     """``n_inner_steps`` of SGD with step size ``inner_lr``; returns ``adapted_params``.
 
-    The input ``params`` must require grad (the inner gradient is taken w.r.t. them).
+    Runs under ``vmap`` as well (see :func:`inner_step`). Outside it, ``params`` must
+    require grad (the inner gradient is taken w.r.t. them).
     """
     adapted_params = params
     for _ in range(n_inner_steps):
@@ -160,31 +199,6 @@ def meta_loss_loop(
 # --------------------------------------------------------------------------------------
 
 
-def adapt_functional(
-    model: nn.Module,
-    params: Params,
-    x_support: torch.Tensor,
-    y_support: torch.Tensor,
-    loss_fn: LossFn,
-    inner_lr: float,
-    n_inner_steps: int,
-    first_order: bool = False,
-) -> Params:
-    """:func:`adapt` written with ``torch.func.grad``, so that it can run under vmap.
-
-    ``torch.func.grad`` always returns a differentiable gradient; first order detaches
-    it, which drops the second-derivative term exactly as ``create_graph=False`` does.
-    """
-    support_grad = grad(lambda p: task_loss(model, p, x_support, y_support, loss_fn))
-    adapted_params = params
-    for _ in range(n_inner_steps):
-        grads = support_grad(adapted_params)
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
-        adapted_params = {k: p - inner_lr * grads[k] for k, p in adapted_params.items()}
-    return adapted_params
-
-
 def query_loss_after_adaptation(
     model: nn.Module,
     params: Params,
@@ -198,7 +212,7 @@ def query_loss_after_adaptation(
     first_order: bool = False,
 ) -> torch.Tensor:
     """One task's meta-objective term: L(theta'_i) on the query set D'_i."""
-    adapted_params = adapt_functional(
+    adapted_params = adapt(
         model,
         params,
         x_support,
@@ -280,17 +294,16 @@ def meta_loss_batched(
         support_loss = n_tasks * mean_loss(
             adapted_params, tasks.x_support, tasks.y_support
         )
-        # create_graph for second order, as in inner_update.
+        # create_graph for second order, as in inner_step.
         grads = torch.autograd.grad(
             support_loss,
             tuple(adapted_params.values()),
             create_graph=not first_order,
             allow_unused=True,
         )
-        adapted_params = {
-            k: p if g is None else p - inner_lr * g
-            for (k, p), g in zip(adapted_params.items(), grads)
-        }
+        adapted_params = sgd_step(
+            adapted_params, dict(zip(adapted_params, grads)), inner_lr
+        )
     return mean_loss(adapted_params, tasks.x_query, tasks.y_query)
 
 

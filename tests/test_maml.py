@@ -3,11 +3,10 @@
 import pytest
 import torch
 from gradcheck import assert_matches_finite_differences, flat
-from torch.func import grad
+from torch.func import grad, vmap
 
 from mamllib.maml import (
     adapt,
-    adapt_functional,
     meta_gradient,
     mse_loss,
     task_loss,
@@ -99,8 +98,13 @@ def test_adapt_equals_hand_written_sgd():
     for _ in range(steps):
         g = grad(by_hand)(w)
         w = {k: w[k] - inner_lr * g[k] for k in w}
-    for fn in (adapt, adapt_functional):
-        adapted_params = fn(model, params, xs, ys, mse_loss, inner_lr, steps)
+    under_vmap = vmap(
+        lambda xs_, ys_: adapt(model, params, xs_, ys_, mse_loss, inner_lr, steps),
+    )(xs[None], ys[None])
+    for adapted_params in (
+        adapt(model, params, xs, ys, mse_loss, inner_lr, steps),
+        {k: v[0] for k, v in under_vmap.items()},
+    ):
         for k in w:
             torch.testing.assert_close(
                 adapted_params[k].detach(), w[k], rtol=1e-12, atol=1e-12

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from mamllib.evaluate import EVAL_SEED, VAL_SEED, adaptation_curve, summarize_curve
-from mamllib.maml import accuracy, cross_entropy_loss
-from mamllib.models import Conv4, Params, forward, init_params
+from mamllib.maml import accuracy, cross_entropy_loss, inner_update
+from mamllib.models import Conv4, Params, detach_params, forward, init_params
 from mamllib.runs import RunFolder, device_description, read_json, save_torch
 from mamllib.tasks import make_generator
 from mamllib.train import FitResult, fit, meta_objective
@@ -299,13 +299,9 @@ def adaptation_curve_loop(
                 values.append(metric_fn(forward(model, adapted, xq), yq))
             if step == n_steps:
                 break
-            grads = torch.autograd.grad(
-                loss_fn(forward(model, adapted, xs), ys), tuple(adapted.values())
-            )
-            adapted = {
-                k: (v - inner_lr * g).detach().requires_grad_()
-                for (k, v), g in zip(adapted.items(), grads)
-            }
+            # Detached after each step: evaluation needs no graph across steps.
+            adapted = inner_update(model, adapted, xs, ys, loss_fn, inner_lr, True)
+            adapted = detach_params(adapted)
         curves.append(torch.stack(values))
     return torch.stack(curves)
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import grad, vmap
+from torch.func import vmap
 
+from mamllib.maml import inner_step, sgd_step
 from mamllib.models import MLP, Params
 from mamllib.rl.policy import gaussian_kl, gaussian_log_prob, policy_mean
 
@@ -84,17 +85,17 @@ def inner_update(
     inner_lr: float,
     first_order: bool = False,
 ) -> Params:
-    """One policy-gradient step on one task's D_i: theta - alpha grad L_i(theta).
-
-    ``create_graph=not first_order``: second order keeps the graph of the inner
-    gradient, so the outer (TRPO) gradient flows through it, Hessian term included.
-    ``params`` must require grad.
+    """One policy-gradient step on one task's D_i: theta - alpha grad L_i(theta),
+    through :func:`mamllib.maml.inner_step` (second order keeps the inner gradient's
+    graph, so the outer TRPO gradient flows through it, Hessian term included). Runs
+    under ``vmap`` too; outside it ``params`` must require grad.
     """
-    loss = pg_loss(model, params, data.obs, data.actions, data.advantages, data.mask)
-    grads = torch.autograd.grad(
-        loss, tuple(params.values()), create_graph=not first_order
+    return inner_step(
+        lambda p: pg_loss(model, p, data.obs, data.actions, data.advantages, data.mask),
+        params,
+        inner_lr,
+        first_order,
     )
-    return {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads)}
 
 
 def surrogate_and_kl(
@@ -150,25 +151,6 @@ def meta_objective_loop(
 # --------------------------------------------------------------------------------------
 
 
-def adapt_functional(
-    model: MLP,
-    params: Params,
-    pre: PGData,
-    inner_lr: float,
-    first_order: bool = False,
-) -> Params:
-    """:func:`inner_update` with ``torch.func.grad``, so that it runs under vmap.
-
-    First order detaches the gradient, as ``create_graph=False`` does.
-    """
-    grads = grad(
-        lambda p: pg_loss(model, p, pre.obs, pre.actions, pre.advantages, pre.mask)
-    )(params)
-    if first_order:
-        grads = {k: g.detach() for k, g in grads.items()}
-    return {k: p - inner_lr * grads[k] for k, p in params.items()}
-
-
 def meta_objective_vmap(
     model: MLP,
     params: Params,
@@ -183,9 +165,7 @@ def meta_objective_vmap(
         adapted_params = (
             params
             if pre_fields is None
-            else adapt_functional(
-                model, params, PGData(*pre_fields), inner_lr, first_order
-            )
+            else inner_update(model, params, PGData(*pre_fields), inner_lr, first_order)
         )
         return surrogate_and_kl(model, adapted_params, PGData(*post_fields))
 
@@ -220,7 +200,7 @@ def adapted_policies(
     per_task = params["log_std"].dim() == 2
 
     def one_task(p, pre_fields):
-        return adapt_functional(model, p, PGData(*pre_fields), inner_lr, True)
+        return inner_update(model, p, PGData(*pre_fields), inner_lr, True)
 
     adapted = vmap(one_task, in_dims=(0 if per_task else None, 0))(
         params, _fields(pre, 4)
@@ -296,10 +276,11 @@ def meta_trpo_problem(
             [copies[k] for k in names],
             create_graph=not first_order,
         )
-        adapted = {
-            k: (copies[k] - inner_lr * g.detach()).detach().requires_grad_(True)
-            for k, g in zip(names, inner_grads)
-        }
+        # The inner step with its gradient kept apart: jvp_inner reuses it.
+        stepped = sgd_step(
+            copies, {k: g.detach() for k, g in zip(names, inner_grads)}, inner_lr
+        )
+        adapted = {k: v.detach().requires_grad_(True) for k, v in stepped.items()}
     else:
         inner_grads, adapted = None, copies
     surrogate, kl = _per_task_surrogate_and_kl(model, adapted, post)
