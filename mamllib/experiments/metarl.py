@@ -18,7 +18,6 @@ Notebooks 09 and 10 walk through it; ``scripts/train_metarl.py`` runs it headles
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from mamllib.rl.rollouts import Trajectories, advantages, sample_trajectories
 from mamllib.rl.trpo import TRPOStats, direct_problem, trpo_step
 from mamllib.runs import save_torch
 from mamllib.tasks import make_generator
-from mamllib.train import FitResult, load_checkpoint, log_checkpoint, progress_enabled
+from mamllib.train import FitResult, OuterStep, fit
 
 METHODS = ("maml", "pretrained", "oracle")
 
@@ -168,13 +167,16 @@ def meta_iteration(
     params: Params,
     config: dict[str, Any],
     generator: torch.Generator,
+    goals: torch.Tensor | None = None,
 ) -> tuple[Params, dict[str, float]]:
-    """One TRPO iteration of ``method``: sample goals and trajectories, update.
+    """One TRPO iteration of ``method``: sample trajectories for ``goals`` (drawn
+    here when not given), update.
 
     Returns the new parameters and the iteration's statistics (average returns before
     and after the inner step, the KL reached, the line-search step taken).
     """
-    goals = sample_task_goals(config, config["meta_batch_size"], generator)
+    if goals is None:
+        goals = sample_task_goals(config, config["meta_batch_size"], generator)
     env = make_env(config, goals, config["n_traj"], method == "oracle", generator)
     traj = sample_trajectories(model, params, env, config["horizon"], generator)
     stats = {"return_pre": traj.returns().mean().item()}
@@ -222,6 +224,32 @@ def meta_iteration(
     return params, stats
 
 
+class TRPOStep(OuterStep):
+    """MAML-TRPO's outer step (or plain TRPO for the baselines) for :func:`fit`.
+
+    The batch is the meta-batch's goals; the trajectories are sampled here, on
+    policy, from the same task stream (``generator``), whose state ``fit``
+    checkpoints. TRPO keeps no state between iterations.
+    """
+
+    def __init__(self, method: str, model: MLP, config: dict[str, Any], generator):
+        self.method, self.model, self.config = method, model, config
+        self.generator = generator
+        self.stats = ("return_pre",) + (("return_post",) if method == "maml" else ())
+        self.stats += ("kl", "step_fraction")
+
+    def __call__(self, params, goals, fraction):
+        if fraction != 1.0:
+            raise ValueError(
+                "meta-RL trains in one process: TRPO's conjugate gradient is not "
+                "shared among torch.distributed ranks; run it without torchrun"
+            )
+        params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        return meta_iteration(
+            self.method, self.model, params, self.config, self.generator, goals
+        )
+
+
 def train_policy(
     method: str,
     config: dict[str, Any],
@@ -229,15 +257,14 @@ def train_policy(
     desc: str | None = None,
     time_limit_s: float | None = None,
 ) -> FitResult:
-    """Train ``method`` (``maml``, ``pretrained`` or ``oracle``) per ``config``.
+    """Train ``method`` (``maml``, ``pretrained`` or ``oracle``) per ``config``
+    with :func:`mamllib.train.fit`.
 
     Resumes from ``checkpoint`` if it exists (refusing one made with other settings);
     saves it atomically every ``checkpoint_every`` iterations, at the end, at the time
     limit and on Ctrl-C. The goals and the action noise come from the run's ``tasks``
     stream, whose state is checkpointed, so a resumed run matches an uninterrupted one.
     """
-    from tqdm import tqdm
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     n_iterations = {
@@ -246,91 +273,21 @@ def train_policy(
         "oracle": config["oracle_iterations"],
     }[method]
     model = models(config)[method]
-    params = initial_params(method, config)
     generator = make_generator(config["seed"], "tasks")
     fingerprint = {k: v for k, v in config.items() if k not in _NOT_TRAINING}
     fingerprint["method"] = method
-    history: dict[str, list[float]] = {}
-    start, resumed_from, wall_before = 0, None, 0.0
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, fingerprint, n_iterations)
-        params = {k: v.clone().requires_grad_(True) for k, v in state["params"].items()}
-        generator.set_state(state["generator"])
-        history, start = state["history"], state["iteration"]
-        wall_before, resumed_from = state["wall_time_s"], start
-    t0 = time.perf_counter()
-
-    def save(iteration: int) -> None:
-        if checkpoint is not None:
-            save_torch(
-                checkpoint,
-                {
-                    "params": {k: v.detach() for k, v in params.items()},
-                    "generator": generator.get_state(),
-                    "history": history,
-                    "iteration": iteration,
-                    "fingerprint": fingerprint,
-                    "wall_time_s": wall_before + time.perf_counter() - t0,
-                },
-            )
-
-    bar = tqdm(
-        total=n_iterations,
-        initial=start,
+    return fit(
+        TRPOStep(method, model, config, generator),
+        initial_params(method, config),
+        lambda g: sample_task_goals(config, config["meta_batch_size"], g),
+        generator,
+        n_iterations,
+        checkpoint=checkpoint,
+        checkpoint_every=config["checkpoint_every"],
+        log_every=1,
+        fingerprint=fingerprint,
         desc=desc or method,
-        disable=not progress_enabled(),
-        mininterval=1.0,
-        dynamic_ncols=True,
-    )
-    completed = last_saved = start
-    try:
-        for iteration in range(start, n_iterations):
-            generator_before = generator.get_state()
-            new_params, stats = meta_iteration(method, model, params, config, generator)
-            if not all(torch.isfinite(v).all() for v in new_params.values()):
-                raise FloatingPointError(
-                    f"{desc or method}: parameters became NaN/inf at iteration "
-                    f"{iteration}; the last checkpoint (iteration {last_saved}) is kept"
-                )
-            params, completed = new_params, iteration + 1
-            history.setdefault("iteration", []).append(completed)
-            for k, v in stats.items():
-                history.setdefault(k, []).append(v)
-            bar.set_postfix(
-                {k: f"{v:.2f}" for k, v in stats.items() if k.startswith("return")}
-            )
-            bar.update(1)
-            if completed % config["checkpoint_every"] == 0:
-                save(completed)
-                last_saved = completed
-                log_checkpoint(
-                    desc or method,
-                    completed,
-                    n_iterations,
-                    start,
-                    time.perf_counter() - t0,
-                    **{k: v for k, v in stats.items() if k.startswith("return")},
-                )
-            if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
-                break
-    except KeyboardInterrupt:
-        # Save the last completed iteration; if the interrupt came mid-iteration, the
-        # random stream is rewound to where that iteration began.
-        if completed != last_saved:
-            if completed == iteration:
-                generator.set_state(generator_before)
-            save(completed)
-        raise
-    finally:
-        bar.close()
-    if completed != last_saved:
-        save(completed)
-    return FitResult(
-        {k: v.detach() for k, v in params.items()},
-        history,
-        completed,
-        wall_before + time.perf_counter() - t0,
-        resumed_from,
+        time_limit_s=time_limit_s,
     )
 
 
