@@ -3,6 +3,9 @@
 Checks every ``notebooks/*.ipynb`` and ``book/*.ipynb``: no outputs or execution counts
 (sources are committed output-free), every cell has an id, exactly one level-1 title,
 and a ``parameters``-tagged cell of plain literals that sets ``preset`` and ``seed``.
+The setup cell (the first code cell after it, or the first code cell of a notebook with
+none) imports ``check_parameters`` from ``mamllib.notebook`` and calls it before any
+other statement, so that a papermill run refuses a parameter the notebook does not take.
 """
 
 import ast
@@ -10,6 +13,8 @@ import sys
 from pathlib import Path
 
 import nbformat
+
+from mamllib.notebook import is_injected
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +62,54 @@ def problems(path: Path) -> list[str]:
             missing = {"preset", "seed"} - names
             if missing:
                 found.append(f"the parameters cell does not set {sorted(missing)}")
+    if len(params) == 1 and is_injected(params[0].source):
+        found.append(
+            "the parameters cell starts like papermill's injected one ('# Parameters')"
+        )
+    found += setup_problems(nb)
     return found
+
+
+def setup_problems(nb) -> list[str]:
+    """The setup cell must call ``check_parameters()`` first, after its imports."""
+    start = next(
+        (
+            i + 1
+            for i, c in enumerate(nb.cells)
+            if "parameters" in c.metadata.get("tags", [])
+        ),
+        0,
+    )
+    setup = next((c for c in nb.cells[start:] if c.cell_type == "code"), None)
+    if setup is None:
+        return []
+    where = f"setup cell {setup.get('id')}"
+    try:
+        body = ast.parse(setup.source).body
+    except SyntaxError as error:
+        return [f"{where} is not Python: {error}"]
+    imported = any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "mamllib.notebook"
+        and any(alias.name == "check_parameters" for alias in node.names)
+        for node in body
+    )
+    first = next(
+        (n for n in body if not isinstance(n, (ast.Import, ast.ImportFrom))), None
+    )
+    calls = (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Call)
+        and isinstance(first.value.func, ast.Name)
+        and first.value.func.id == "check_parameters"
+        and not (first.value.args or first.value.keywords)
+    )
+    if imported and calls:
+        return []
+    return [
+        f"{where} must import check_parameters from mamllib.notebook and call "
+        "check_parameters() first, after its imports (unknown papermill parameters)"
+    ]
 
 
 def main() -> int:
