@@ -2,15 +2,17 @@
 
 Run on a machine with a CUDA GPU (from the repository root):
 
-    PYTHONPATH=. python benchmarks/gpu_check.py --out gpu.json
+    PYTHONPATH=. python benchmarks/gpu_check.py --out gpu.json [--iterations 3000]
 
 1. The vmap meta-gradient on the GPU equals the per-task loop on the GPU and the vmap
    path on the CPU (first and second order).
 2. Median ms per meta-iteration (meta-gradient + Adam step) at the paper's sinusoid
    setting, loop and vmap, first and second order, on the GPU.
 3. A short MAML training on the GPU through
-``mamllib.experiments.sinusoid.train_method`` (the same
-   code path as ``device="cuda"`` in notebook 05), with its loss falling.
+   :func:`mamllib.experiments.sinusoid.train_method` (the code path of
+   ``device="cuda"`` in notebook 05), with its loss falling.
+
+The committed report, from an H200 GPU: ``benchmarks/results/gpu-h200.json``.
 """
 
 import argparse

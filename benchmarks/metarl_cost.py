@@ -14,14 +14,16 @@ each part timed by wrapping the functions it calls:
   ask for;
 * ``line search``: the surrogate and KL values of the candidate steps.
 
-Run from the repository root (about 1-2 minutes a meta-iteration at the locomotion
-paper presets on one CPU thread):
+Run from the repository root (about a minute per meta-iteration at the locomotion
+paper presets on one CPU thread; ``--preset ci`` for a quick try):
 
     .venv/bin/python benchmarks/metarl_cost.py --experiment half_cheetah-direction \\
         [--iters 2] [--threads 1] [--out benchmarks/results/metarl-cost-cpu.json]
 
-The first iteration is a warm-up; the printed table is the last one. The machine is
-shared and noisy: compare the parts within one run, not across runs.
+The first iteration is a warm-up; the printed table is the last one. CPU timings on
+a shared machine are noisy: compare the parts within one run, not across runs. The
+committed reports (``--allocator keep`` and ``default``) are
+``benchmarks/results/metarl-cost-cpu*.json`` (see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations

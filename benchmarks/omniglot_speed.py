@@ -18,7 +18,7 @@ Variants, each timed alone:
   ``vmap`` (``torch.func``), ``batched`` (tasks folded into the channels of one
   grouped convolution, :meth:`mamllib.models.Conv4.forward_tasks`), ``threads``
   (the batched path, tasks shared among CPU threads) and ``batched-native`` (the
-  batched path as it was before 2026-11-30, see below);
+  batched path on PyTorch's own kernels, see :func:`mamllib_step`);
 * ``higher``: ``innerloop_ctx`` over an ordinary ``nn.Module`` conv-4 (``nn.Conv2d``,
   ``nn.ZeroPad2d`` for TF's 'SAME', ``nn.BatchNorm2d`` without running statistics
   plus a learned offset) holding the same weights, one task at a time as in
@@ -26,94 +26,14 @@ Variants, each timed alone:
   (float64, a few tasks).
 
 ``--allocator keep`` (the default) runs the whole process with
-:func:`mamllib.fast.allocator.keep_freed_memory`, as training does: freed
-activations are reused instead of being faulted in again (at 20-way, 138,000 -> 11,800
-page faults and 476 -> 39 ms of system time per batched meta-iteration on one thread).
-It applies to every variant, ``higher`` included; ``--allocator default`` is glibc's
-behaviour, under which results before this option were measured.
+:func:`mamllib.fast.allocator.keep_freed_memory`, as training does, for every
+variant, ``higher`` included; ``--allocator default`` is glibc's behaviour.
 
 Then the fastest mamllib path is profiled (``torch.profiler``, top ops by self CPU
 time); when that is ``threads``, the profiler would see only the calling thread, so
 the first thread's share of the tasks is profiled on the batched path, one thread.
-CPU timings on a shared machine are noisy: compare ratios from one run.
-
-Tried on the batched path at 20-way and not kept (no gain, or slower, in one-thread
-trials on this CPU): channels-last tensors for the grouped convolutions; im2col
-(``unfold``) with one batched matmul per layer instead of the grouped convolution; TF
-'SAME' padding done inside the convolution (padding 2, first output row and column
-dropped) instead of ``F.pad``. PyTorch's fused batch norm in the batched path was
-kept: it is exact without vmap, and about 20% faster on 84x84 MiniImageNet maps.
-
-Also tried (2026-11-27, 20-way, one thread, beside a 2-thread training job, so
-ratios only): the second-order pass spends most of its convolution calls in
-PyTorch's ``_convolution_double_backward``, which splits a grouped convolution into
-one convolution per group (16 at 20-way) for the weight term: 299 convolution calls
-per meta-iteration, 24 of them forwards. Three ``torch.autograd.Function``s that
-are each other's derivatives (convolution, its input gradient, its weight gradient,
-each calling the native kernel with all groups at once) removed the split (59
-convolution calls; the float32 meta-gradient within 2e-4 of the native one,
-``gradgradcheck`` passed) but not the time (4.71 vs 4.75 s): the grouped
-kernels themselves are slow on these shapes. One-thread microbenchmarks of single
-layers (16 tasks, 20 images) show where: the input gradient of the 14x14 -> 7x7
-layer takes 84 ms with groups, 42 ms as a loop over tasks, 38 ms channels-last,
-for 1.2 GFLOP (forward 26 ms); the first layer's forward (1 input channel per
-group) runs at 5 GFLOP/s, 14 ms against 4 ms channels-last. Choosing the fastest
-kernel per layer and direction would save a share of that (about 15-20% by these
-numbers), not the 23-28% less time that 2x higher needs from the committed runs
-(1.55x and 1.44x); not kept.
-
-2026-11-30, on a different 2-core VM (AMD EPYC with AVX-512; one core's sgemm runs
-at about 96 GFLOP/s), quiet, one experiment at a time. Kept, each measured on one
-thread with 8 tasks at 20-way (the share of a meta-batch one thread takes):
-
-* the batched path's TF 'SAME' padding done by mirroring (symmetric padding, no
-  ``F.pad`` copies; :class:`mamllib.models.Conv4`) and :mod:`mamllib.fast.convolution`,
-  whose forward and input gradient run group by group where that was faster
-  (layer 1's forward 9 -> 3 ms; the input gradient of layer 2, 13 -> 9 ms):
-  1,125 -> 965 ms;
-* :mod:`mamllib.fast.normalization`, batch norm with hand-written first and second
-  derivatives: about 970 -> 885 ms. A first version with ``torch.var_mean`` was
-  slower than PyTorch's (``var_mean`` alone takes 11 ms on ``[20, 512, 14, 14]``,
-  a mean 0.16 ms);
-* ``path="threads"`` (:func:`mamllib.fast.threads.meta_loss_threads`): two threads
-  with half the meta-batch each and one intra-op thread, instead of one process
-  with two intra-op threads: about 1.17x at 20-way.
-
-The convolutions then take about 60% of a one-thread meta-iteration, at about 75
-GFLOP/s, near what oneDNN reaches on these shapes (a lone layer-2 forward: 76);
-the 166 convolution calls of a 20-way meta-iteration are exactly what second order
-needs (none is repeated). Most of the rest is elementwise work on layer 1's 14x14
-maps and Python overhead of the autograd Functions. Tried and not kept:
-channels-last maps throughout the batched path (1.6x slower); im2col with a
-batched matmul for layer 1 (5%, then subsumed by the per-group forward).
-
-Against ``higher`` at 20-way (target: 2x), three runs on 2026-11-30 at 2
-threads: 2.12x (``omniglot-cpu.json``, threads path, training's allocator), 1.90x
-(a repeat of the 20-way rows alone, 5 runs of 2 iterations each: threads
-1,086 ms, higher 2,062 ms), and 1.59x with glibc's default allocator
-(``omniglot-cpu-default-allocator.json``), under which the two threads' page
-faults contend and the threads path gains nothing over batched. So about 2x with
-the allocator that training uses, not with the default one. ``higher``'s own time
-moved between 1.6 and 2.2 s across runs this day. What is left would take fused
-elementwise kernels (a compiler or C++).
-
-2026-12-01, same VM, quiet (the training job paused): the batched path leaves out
-the conv biases, which batch norm with batch statistics cancels (8 tasks, one
-thread: 843-893 ms against 875-887 before, within noise). The committed
-``omniglot-cpu.json`` (training's allocator) gives higher / threads 2.00x at 20-way
-and 2.83x at 5-way; ``omniglot-cpu-default-allocator.json`` 1.83x and 2.50x (batched
-fastest). Where one thread's 8 tasks spend their ~870 ms at 20-way: convolutions
-about 620 ms at 75-80 GFLOP/s (one core's sgemm: about 96), elementwise kernels
-150-170 ms (per-channel multiplications 26 ms, means 24, concatenations 17, ReLU
-derivatives 12, kernel flips 10). Two threads at 16 tasks fault in 14,000-16,000
-pages and spend 164-180 ms in the kernel per iteration; ``MALLOC_ARENA_MAX=1`` cuts
-that to about 1,000 faults and 32 ms but is slower overall (1,005-1,015 against
-956-963 ms: both threads then share one arena's lock). Two processes of 8 tasks on
-one thread each take 918-924 ms against 860 alone (the cores' shared caches and
-memory), so processes instead of threads could gain at most about 4%: not tried.
-On MiniImageNet's 84x84 maps the hand-written batch norm was no clear gain over
-``F.batch_norm`` in the batched path (4 tasks, 5-way 1-shot, 5 steps, one thread:
-2,695-3,268 against 2,759-2,765 ms); the batched path keeps ``F.batch_norm`` there.
+CPU timings on a shared machine are noisy: compare ratios from one run. The results
+files, where the time goes and what was tried and not kept: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -173,9 +93,10 @@ def random_tasks(n_tasks: int, n_way: int, generator: torch.Generator) -> TaskBa
 def mamllib_step(path, n_way, inner_lr, n_inner_steps, params):
     """A meta-iteration with mamllib: ``step(tasks)`` = meta-gradient + Adam step.
 
-    ``path`` ``"batched-native"`` is the batched path as it was before the
-    mirrored padding and :mod:`mamllib.fast.convolution` (``F.pad`` + PyTorch's grouped
-    convolution), kept to measure what they gain in the same run.
+    ``path`` ``"batched-native"`` is the batched path without the mirrored padding,
+    so on PyTorch's own kernels (``F.pad``, its grouped convolution and
+    ``F.batch_norm``) instead of :mod:`mamllib.fast.convolution` and
+    :mod:`mamllib.fast.normalization`: what those gain, measured in the same run.
     """
     model = Conv4(n_way)
     if path == "batched-native":

@@ -22,11 +22,15 @@ Each configuration runs in a fresh subprocess, so one's memory cannot hide anoth
   order keeps only the last forward's (flat).
 
 Images are random (the cost does not depend on the pixels). Run from the repository
-root (a few minutes on a 2-core CPU):
+root (several minutes on a CPU; ``--steps 1 --iters 1`` for a quick try):
 
     .venv/bin/python benchmarks/second_order_cost.py [--threads 2] [--iters 1]
         [--steps 1 2 3 4 5 6 7 8 9 10] [--checkpointing 1 5 10] [--device cpu]
         [--allocator keep] [--out benchmarks/results/second-order-cost-cpu.json]
+
+The committed reports: ``second-order-cost-cpu.json`` and, from an H200 GPU,
+``second-order-cost-cuda.json`` in ``benchmarks/results/`` (see
+``benchmarks/README.md``).
 """
 
 from __future__ import annotations

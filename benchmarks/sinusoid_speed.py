@@ -25,6 +25,8 @@ same weights and tasks. Each variant is warmed up, then timed alone in ``--repea
 runs of ``--iters`` iterations on the same cycle of task batches; the table shows
 the median ms per iteration and the interquartile range over the runs. CPU timings
 on a shared machine are noisy: compare ratios, and rerun before trusting small gaps.
+``make benchmark`` runs it; the committed report is
+``benchmarks/results/cpu-sinusoid.json`` (see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations

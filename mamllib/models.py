@@ -200,7 +200,7 @@ class Conv4(nn.Module):
     from :func:`init_conv4_params`. :meth:`forward_tasks` runs a whole meta-batch
     with one parameter set per task.
 
-    Introduced in the Omniglot notebook (issue 3).
+    Introduced in notebook 07 (Omniglot).
     """
 
     def __init__(
@@ -356,9 +356,9 @@ class Conv4(nn.Module):
                 h = batch_norm_offset(h, beta, eps)
             else:
                 # PyTorch's fused batch norm: exact here (no vmap), and on 84x84
-                # MiniImageNet maps about 20% faster per meta-iteration than the
-                # elementary one (fewer passes over the largest tensors). Its
-                # double backward needs a weight: ones when there is no gamma.
+                # MiniImageNet maps faster than the elementary one (fewer passes
+                # over the largest tensors; benchmarks/README.md). Its double
+                # backward needs a weight: ones when there is no gamma.
                 h = F.batch_norm(
                     h,
                     None,

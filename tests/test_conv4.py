@@ -99,6 +99,110 @@ def test_tf_same_padding_puts_the_odd_zero_bottom_right():
     torch.testing.assert_close(out[0, 0, -1, -1], last)
 
 
+# TF's 'SAME' for a 3x3 stride-2 convolution: pad_total = max((ceil(n / 2) - 1) * 2 +
+# 3 - n, 0) and pad_top = pad_total // 2, so an odd total puts the extra zero at the
+# bottom/right. Written out for Omniglot's four layers (28 -> 14 -> 7 -> 4 -> 2).
+TF_SAME_STRIDE_2 = {28: (0, 1), 14: (0, 1), 7: (1, 1), 4: (0, 1)}
+
+
+@pytest.mark.parametrize("layer, size", list(enumerate(TF_SAME_STRIDE_2)))
+def test_every_omniglot_layer_pads_as_tf_same(layer, size):
+    """Against a zero-padded copy built by hand (no F.pad), on both paths: forward's
+    explicit padding and forward_tasks' mirrored one (flip, symmetric zeros, flip)."""
+    top, bottom = TF_SAME_STRIDE_2[size]
+    model = Conv4(5, n_filters=1)
+    assert model.paddings[layer] == (top, bottom)
+    generator = torch.Generator().manual_seed(layer)
+    x = torch.rand(2, 1, size, size, generator=generator, dtype=torch.float64)
+    w = torch.rand(1, 1, 3, 3, generator=generator, dtype=torch.float64)
+    padded = x.new_zeros(2, 1, size + top + bottom, size + top + bottom)
+    padded[..., top : top + size, top : top + size] = x
+    tf_same = F.conv2d(padded, w, None, 2)
+    assert tf_same.shape[-1] == -(-size // 2)
+    torch.testing.assert_close(model._conv(layer, x, w, None), tf_same)
+    pad = model.mirrored_padding[layer]
+    mirrored = F.conv2d(x.flip(-2, -1), w.flip(-2, -1), None, 2, pad).flip(-2, -1)
+    torch.testing.assert_close(mirrored, tf_same)
+
+
+def _block_maps(model, params, x):
+    """Each block's batch-norm input and output in ``model``'s forward."""
+    seen = []
+    hooks = [
+        getattr(model, f"norm{i}").register_forward_hook(
+            lambda module, args, out: seen.append((args[0], out))
+        )
+        for i in range(1, 5)
+    ]
+    try:
+        functional_call(model, params, (x,))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize(
+    "experiment, n_filters, map_sizes, paddings",
+    [
+        # App. A.1: 64 filters; §5.2: stride-2 convolutions instead of max-pooling
+        # (cbfinn/maml utils.py conv_block with --max_pool=False), TF 'SAME'
+        ("omniglot-5way-1shot", 64, [14, 7, 4, 2], list(TF_SAME_STRIDE_2.values())),
+        ("omniglot-20way-5shot", 64, [14, 7, 4, 2], list(TF_SAME_STRIDE_2.values())),
+        # App. A.1: 32 filters "to reduce overfitting"; stride 1, 'SAME', then a
+        # 2x2 max-pool (--max_pool=True): 84 -> 42 -> 21 -> 10 -> 5
+        ("miniimagenet-5way-1shot", 32, [84, 42, 21, 10], [(1, 1)] * 4),
+    ],
+)
+def test_paper_models_constants(
+    monkeypatch, experiment, n_filters, map_sizes, paddings
+):
+    """The constants the paper or cbfinn/maml fix, read off the paper preset's
+    model: filters, stride or max-pool, padding, and batch norm's epsilon 1e-3
+    (tf.contrib.layers.batch_norm's default, which cbfinn/maml's utils.py uses),
+    offset without scale (its center=True, scale=False)."""
+    from mamllib.experiments.fewshot import model_for
+    from mamllib.presets import make_config
+
+    monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
+    config = make_config(experiment, "paper")
+    model = model_for(config)
+    assert model.n_filters == n_filters
+    max_pool = config.get("max_pool", False)
+    assert model.max_pool is max_pool and model.stride == (1 if max_pool else 2)
+    assert model.paddings == paddings
+    params = init_params(model, torch.Generator().manual_seed(0), torch.float64)
+    in_channels = config.get("in_channels", 1)
+    for i in range(1, 5):
+        c_in = in_channels if i == 1 else n_filters
+        assert params[f"conv{i}.weight"].shape == (n_filters, c_in, 3, 3)
+        assert getattr(model, f"norm{i}").eps == 1e-3
+        assert f"norm{i}.weight" not in params  # no gamma
+    # The epsilon as the forward pass uses it; the input is scaled down so that the
+    # first block's variances are comparable to it (PyTorch's default 1e-5 would
+    # give a visibly different output there).
+    generator = torch.Generator().manual_seed(1)
+    size = config.get("image_size", 28)
+    x = 0.2 * torch.rand(3, in_channels, size, size, generator=generator).double()
+    params = {
+        k: torch.randn(v.shape, generator=generator, dtype=v.dtype)
+        if "norm" in k
+        else v
+        for k, v in params.items()
+    }
+    maps = _block_maps(model, params, x)
+    assert [h.shape[-1] for h, _ in maps] == map_sizes
+    for i, (h, out) in enumerate(maps, 1):
+        assert h.shape[1] == n_filters
+        mean = h.mean((0, 2, 3), keepdim=True)
+        var = h.var((0, 2, 3), unbiased=False, keepdim=True)
+        beta = params[f"norm{i}.bias"].view(1, -1, 1, 1)
+        torch.testing.assert_close(out, (h - mean) / (var + 1e-3).sqrt() + beta)
+        if i == 1:
+            other_eps = (h - mean) / (var + 1e-5).sqrt() + beta
+            assert (out - other_eps).abs().max() > 0.1
+
+
 def test_batch_norm_normalises_each_channel_with_the_batch_statistics():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(6, 3, 5, 5, generator=generator, dtype=torch.float64)
@@ -204,7 +308,7 @@ def test_second_order_meta_gradient_matches_finite_differences(
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("bn_scale", [False, True])
 def test_fast_paths_equal_loop(path, dtype, rtol, first_order, bn_scale):
-    """Also the trap of issue 3: torch 2.13's vmap gets the second-order gradient
+    """Also guards a known trap: torch 2.13's vmap gets the second-order gradient
     through ``F.batch_norm`` wrong (here 8-25% off with an adapted gamma); the
     elementary batch norm and the batched path are exact."""
     model, params, tasks = small_problem(

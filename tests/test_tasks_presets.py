@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mamllib.presets import make_config, resolve_preset, validate
+from mamllib.presets import PRESETS, make_config, resolve_preset, validate
 from mamllib.tasks import SinusoidTasks, make_generator
 
 
@@ -54,21 +54,12 @@ def test_environment_variable_beats_the_cells_preset(monkeypatch):
     assert make_config("sinusoid", "paper")["preset"] == "ci"
 
 
-def test_paper_preset_is_the_papers_setting(monkeypatch):
+@pytest.mark.parametrize("experiment", sorted(PRESETS))
+def test_presets_grow_from_ci_to_book_to_paper(monkeypatch, experiment):
+    """The paper values themselves: tests/test_paper_presets.py."""
     monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
-    c = make_config("sinusoid", "paper")
-    assert (
-        c["inner_lr"],
-        c["n_inner_steps"],
-        c["meta_batch_size"],
-        c["outer_lr"],
-        c["n_iterations"],
-        c["k_shot"],
-        c["hidden_sizes"],
-    ) == (0.01, 1, 25, 1e-3, 70_000, 10, [40, 40])
-    assert c["first_order"] is False
-    book, ci = make_config("sinusoid", "book"), make_config("sinusoid", "ci")
-    assert ci["n_iterations"] < book["n_iterations"] < c["n_iterations"]
+    ci, book, paper = (make_config(experiment, p) for p in ("ci", "book", "paper"))
+    assert ci["n_iterations"] < book["n_iterations"] < paper["n_iterations"]
 
 
 def test_overrides_apply_and_none_means_use_the_preset(monkeypatch):

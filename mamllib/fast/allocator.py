@@ -37,11 +37,10 @@ def keep_freed_memory() -> bool:
     By default glibc serves every allocation above 32 MB with ``mmap`` and hands it
     back on ``free``, so each meta-iteration that builds big activations pays for
     fresh pages again: the kernel faults and zeroes them. At the locomotion paper
-    preset, keeping the memory took a MAML-TRPO iteration from 73.7 to 41.1 s on this
-    book's CPU (``benchmarks/metarl_cost.py``; ``benchmarks/results/metarl-cost-cpu*``),
-    and the system time of the process from about 31 to 3 s. The cost: the process
-    keeps its peak memory until it ends. The same as starting Python with
-    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``.
+    preset that is a large share of a MAML-TRPO meta-iteration on a CPU
+    (``benchmarks/README.md``, ``benchmarks/results/metarl-cost-cpu*.json``). The
+    cost: the process keeps its peak memory until it ends. The same as starting
+    Python with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``.
     """
     import ctypes
     import ctypes.util

@@ -3,12 +3,11 @@
 Why: :meth:`mamllib.models.Conv4.forward_tasks` runs a whole meta-batch as one
 grouped convolution per layer (``groups`` = tasks). Second-order MAML then
 differentiates that convolution twice, and PyTorch's grouped kernels are slow on
-some of the resulting shapes: at the Omniglot 20-way setting, on one CPU thread, the
-input gradient of the 14x14 -> 7x7 layer takes about 2.5 times as long grouped as
-one task at a time, and a forward with one input channel per group (the first
-layer) about 3 times as long (``benchmarks/omniglot_speed.py`` records the
-measurements). PyTorch's own double backward of a convolution also splits a
-grouped weight gradient into one convolution per group.
+some of the resulting shapes on a CPU: at the Omniglot 20-way setting the input
+gradient of the 14x14 -> 7x7 layer, and the forward with one input channel per group
+(the first layer), run several times faster one group at a time
+(``benchmarks/README.md``). PyTorch's own double backward of a convolution also
+splits a grouped weight gradient into one convolution per group.
 
 So the three linear maps of a convolution are written as three
 ``torch.autograd.Function``s that are each other's derivatives, for any order:
@@ -36,8 +35,8 @@ import torch
 from torch.nn import functional as F
 
 # Spatial sizes of the input x from which the input gradient runs group by group
-# (14 and 7 at Omniglot's layers 2 and 3: 2.5x and 1.5x faster there; at 4,
-# layer 4, one grouped call is faster).
+# (14 and 7, Omniglot's layers 2 and 3, where that is faster; at 4, layer 4, one
+# grouped call is faster).
 LOOP_INPUT_GRAD_FROM = 7
 # Group by group only for batches of at least this many images: measured faster
 # with 20 (20-way 1-shot), slower with 5 (5-way 1-shot, 32 tasks: many tiny calls).

@@ -4,7 +4,7 @@ Why: second-order MAML through :meth:`mamllib.models.Conv4.forward_tasks` takes 
 derivative of batch norm's backward at every inner step. PyTorch's double backward
 of ``F.batch_norm`` is a composite of about 35 passes over the maps, and its fused
 forward is slower on a CPU than a few elementary ops on the Omniglot maps
-(``[20, 512, 14, 14]`` at 20-way, 8 tasks: 3.8 ms fused, about 2 ms as ops). Here
+(``benchmarks/README.md``). Here
 the forward, the backward and the backward's derivative are each a few passes, in
 three ``torch.autograd.Function``s (the last one raises if differentiated). Same
 function as ``F.batch_norm(x, None, None, 1, beta, training=True, eps=eps)`` and as

@@ -45,8 +45,8 @@ def meta_loss_threads(
     operation of the batched path in two, and synchronises after each; here each
     of ``torch.get_num_threads()`` Python threads takes its share of the tasks
     through the whole meta-iteration (forward, inner steps, backward) with one
-    intra-op thread, and the shares are summed (at the Omniglot 20-way setting
-    1.12-1.17 times as fast on two cores; ``benchmarks/omniglot_speed.py``).
+    intra-op thread, and the shares are summed (faster at the Omniglot 20-way
+    setting on two cores: ``benchmarks/README.md``).
     Tasks are independent (batch norm is per task), so the result is the batched
     path's, up to rounding.
 
