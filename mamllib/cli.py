@@ -1,15 +1,21 @@
-"""Run notebooks headlessly with papermill and curate their results as artifacts.
+"""The command line: train, evaluate, curate artifacts, continue the paper runs, run
+notebooks.
 
-    python -m mamllib.cli run notebooks/05-maml-sinusoid.ipynb --preset paper --seed 0
-    python -m mamllib.cli run notebooks/05-maml-sinusoid.ipynb --preset paper \\
-        --artifact sinusoid-paper
-    python -m mamllib.cli presets sinusoid
+    python -m mamllib train omniglot-5way-1shot --preset paper --device cuda
+    python -m mamllib train sinusoid --preset paper --time-limit 3600
+    python -m mamllib evaluate half_cheetah-direction --preset paper --methods maml
+    python -m mamllib artifact omniglot-5way-1shot --name omniglot-5way-1shot-paper
+    python -m mamllib paper omniglot-20way-1shot miniimagenet-5way-1shot \\
+        --device cuda --time-budget 2h
+    python -m mamllib run notebooks/05-maml-sinusoid.ipynb --preset paper --seed 1
+    python -m mamllib presets omniglot-20way-1shot
+    torchrun --nproc_per_node 8 -m mamllib train omniglot-20way-1shot \\
+        --preset paper --device cuda
 
-``run`` executes the notebook into its run folder
-(``results/<notebook>/<preset>/seed-<n>/executed.ipynb``) with ``preset`` and ``seed``
-injected after the ``parameters`` cell (``-p name value`` for more). With
-``--artifact NAME`` it then copies the run's small files into ``artifacts/NAME/`` and
-writes a manifest: command, commit, device, wall time and the sha256 of every file.
+Runs live in ``results/<experiment>[-first-order]/<preset>/seed-<n>/`` (the chapters
+read and resume the same folders). Everything resumes: run the same command again to
+continue; Ctrl-C or ``kill`` saves the last completed iteration first. Mistakes on the
+command line are one line on stderr and exit status 2, before anything is trained.
 """
 
 from __future__ import annotations
@@ -18,32 +24,256 @@ import argparse
 import ast
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from mamllib.presets import PRESET_NAMES, PRESETS
-from mamllib.runs import (
-    RunFolder,
-    device_description,
-    git_commit,
-    read_json,
-    repo_root,
-    write_manifest,
-)
+import torch
 
-# What an artifact keeps from a run folder: small, human-readable, enough to rebuild the
-# book's tables and figures (never checkpoints with optimizer state).
-ARTIFACT_PATTERNS = (
-    "config.json",
-    "metrics.json",
-    "history.json",
-    "reproduction.json",
-    "params-*.pt",
-    "figures/*.png",
-)
+from mamllib import distributed, report
+from mamllib.experiments import domain, run_name
+from mamllib.presets import PRESET_NAMES, PRESETS, make_config
+from mamllib.runs import RunFolder, repo_root
+
+
+class UsageError(Exception):
+    """A mistake in the command (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes an integer, got {text!r}"
+            ) from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """``3600``, ``90s``, ``45m``, ``2h`` or ``1.5h`` -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive duration such as 3600, 45m or 2h, got {text!r}"
+        )
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+def _experiment(text: str) -> str:
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(
+            f"unknown experiment {text!r}; choose one of {', '.join(PRESETS)}"
+        )
+    return text
+
+
+def _methods(experiment: str) -> tuple[str, ...]:
+    if domain(experiment) == "sinusoid":
+        from mamllib.experiments.sinusoid import METHODS
+    elif domain(experiment) == "metarl":
+        from mamllib.experiments.metarl import METHODS
+    else:
+        return ("maml",)
+    return METHODS
+
+
+def _config(args, preset: str | None = None) -> dict:
+    """The validated config of a train/evaluate/artifact command line."""
+    overrides = {
+        "seed": args.seed,
+        "device": distributed.local_device(args.device) if args.device else None,
+        "path": getattr(args, "path", None),
+        "first_order": True if getattr(args, "first_order", False) else None,
+        "n_iterations": getattr(args, "iterations", None),
+    }
+    if getattr(args, "sim_threads", None) is not None:
+        if domain(args.experiment) != "metarl" or args.experiment == "navigation":
+            raise UsageError("--sim-threads is for the locomotion experiments")
+        overrides["sim_threads"] = args.sim_threads
+    if overrides["first_order"] and domain(args.experiment) == "fewshot":
+        from mamllib.experiments.fewshot import setting_name
+
+        setting_name(args.experiment, True)  # Table 1 has the row, or a clear error
+    try:
+        return make_config(args.experiment, preset or args.preset, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_methods(args) -> tuple[str, ...]:
+    known = _methods(args.experiment)
+    methods = tuple(args.methods or known)
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise UsageError(
+            f"--methods {' '.join(unknown)}: {args.experiment} has the methods "
+            f"{', '.join(known)}"
+        )
+    return methods
+
+
+def _check_episodes(config: dict) -> None:
+    """Refuse N-way K-shot settings the data set's splits cannot supply, before any
+    data is read or iteration is spent."""
+    if domain(config["experiment"]) != "fewshot":
+        return
+    from mamllib.data import check_episode_sizes
+
+    dataset = config["experiment"].split("-")[0]
+    splits = ("train", "test") if dataset == "omniglot" else ("train", "val", "test")
+    n_query = config.get("n_eval_query") or config["n_query"]
+    try:
+        for split in splits:
+            check_episode_sizes(
+                dataset, split, config["n_way"], config["k_shot"], config["n_query"]
+            )
+        check_episode_sizes(dataset, "test", config["n_way"], config["k_shot"], n_query)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def train(args, evaluate_only: bool = False) -> int:
+    """Train (resuming) and evaluate one experiment into its run folder."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    distributed.init_from_environment(args.device or "cpu")
+    config = _config(args)
+    methods = _check_methods(args)
+    _check_episodes(config)
+    run = RunFolder(run_name(config), config["preset"], config["seed"])
+    if distributed.is_main():
+        run.write_json("config.json", config)
+    kind = domain(config["experiment"])
+    if kind == "fewshot":
+        from mamllib.experiments import fewshot
+
+        fewshot.train_and_evaluate(
+            config,
+            run,
+            time_limit_s=args.time_limit,
+            reevaluate=getattr(args, "reevaluate", False) or evaluate_only,
+            evaluate_only=evaluate_only,
+        )
+    else:
+        if distributed.is_distributed() and kind == "metarl":
+            raise UsageError("meta-RL trains in one process: run it without torchrun")
+        if kind == "sinusoid":
+            from mamllib.experiments import sinusoid as module
+        else:
+            from mamllib.experiments import metarl as module
+        module.train_and_evaluate(
+            config,
+            run,
+            methods=methods,
+            time_limit_s=args.time_limit,
+            evaluate_only=evaluate_only,
+        )
+    return 0
+
+
+def artifact(args) -> int:
+    """Copy a run's small files into ``artifacts/NAME`` with a manifest."""
+    config = _config(args)
+    run = RunFolder(run_name(config), config["preset"], config["seed"], create=False)
+    target = report.make_artifact(
+        run.path,
+        args.name,
+        _command_line(args.argv),
+        note=args.note,
+        checkpoints=args.checkpoints,
+    )
+    print(f"artifact written to {target}")
+    return 0
+
+
+def _paper_artifact(name: str) -> Path | None:
+    """The committed artifact of a paper-preset run, complete or partial."""
+    folder = repo_root() / "artifacts"
+    found = [folder / f"{name}-paper", folder / f"{name}-paper-partial"]
+    return next((f for f in found if (f / "config.json").exists()), None)
+
+
+def paper(args) -> int:
+    """Continue each named paper-preset run from its checkpoint (taken from its
+    artifact when the run folder has none) for its share of the time budget, then
+    evaluate it and refresh its artifact."""
+    names = args.experiments or sorted(
+        p.name.removesuffix("-paper-partial")
+        for p in (repo_root() / "artifacts").glob("*-paper-partial")
+    )
+    plans = []
+    for name in names:
+        first_order = name.endswith("-first-order")
+        experiment = name.removesuffix("-first-order")
+        if experiment not in PRESETS:
+            raise UsageError(
+                f"unknown experiment {name!r}; choose among {', '.join(PRESETS)} "
+                "(with -first-order for the few-shot first-order rows)"
+            )
+        ns = argparse.Namespace(
+            experiment=experiment,
+            seed=args.seed,
+            device=args.device,
+            first_order=first_order,
+            path=None,
+            iterations=None,
+        )
+        plans.append((name, ns, _config(ns, "paper")))
+    if not plans:
+        print("no partial paper runs to continue")
+        return 0
+    share = args.time_budget / len(plans)
+    for name, ns, config in plans:
+        run = RunFolder(run_name(config), "paper", config["seed"])
+        source = _paper_artifact(run_name(config))
+        if source is not None:
+            for checkpoint in source.glob("checkpoint-*.pt"):
+                if not (run.path / checkpoint.name).exists():
+                    shutil.copy2(checkpoint, run.path / checkpoint.name)
+        methods = tuple(
+            sorted(
+                p.stem.removeprefix("checkpoint-")
+                for p in run.path.glob("checkpoint-*.pt")
+            )
+        ) or _methods(ns.experiment)
+        print(f"{name}: {share / 60:.0f} min of training from {run.path}", flush=True)
+        ns.methods, ns.time_limit, ns.threads, ns.reevaluate = (
+            methods,
+            share,
+            None,
+            True,
+        )
+        ns.preset = "paper"
+        train(ns)
+        status = report.read_json(run.file("metrics.json"))["status"]
+        target = f"{run_name(config)}-paper" + (
+            "" if status == "complete" else "-partial"
+        )
+        if source is not None and source.name != target:
+            shutil.rmtree(source)
+        report.make_artifact(
+            run.path,
+            target,
+            _command_line(args.argv),
+            note=f"continued by the paper runner, {share:.0f} s of training",
+            checkpoints=True,
+        )
+        print(f"{name}: {status} -> artifacts/{target}", flush=True)
+    return 0
 
 
 def _literal(text: str):
@@ -61,11 +291,16 @@ def run_notebook(
 
     notebook = Path(notebook)
     if not notebook.exists():
-        raise FileNotFoundError(f"no notebook at {notebook}")
+        raise UsageError(f"no notebook at {notebook}")
+    clash = sorted({"preset", "seed"} & set(parameters))
+    if clash:
+        raise UsageError(
+            f"-p {' '.join(clash)}: give the preset and seed with --preset and --seed "
+            "(they also name the run folder)"
+        )
     if preset not in PRESET_NAMES:
-        raise ValueError(
-            f"--preset {preset!r} is not a preset; choose one of "
-            f"{', '.join(PRESET_NAMES)}"
+        raise UsageError(
+            f"--preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}"
         )
     run = RunFolder(notebook.stem, preset, seed)
     # The preset given here must win: the environment variable would override it.
@@ -83,101 +318,177 @@ def run_notebook(
     return run, time.perf_counter() - start
 
 
-def make_artifact(
-    run: RunFolder, name: str, command: str, wall_time_s: float, note: str | None = None
-) -> Path:
-    """Copy ``run``'s small files into ``artifacts/<name>/`` with a manifest."""
-    commit = git_commit()  # before this function changes tracked files under artifacts/
-    target = repo_root() / "artifacts" / name
-    if target.exists():
-        shutil.rmtree(target)
-    copied = []
-    for pattern in ARTIFACT_PATTERNS:
-        for src in sorted(run.path.glob(pattern)):
-            dst = target / src.relative_to(run.path)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-            copied.append(dst)
-    if not copied:
-        raise FileNotFoundError(f"{run.path} holds none of {ARTIFACT_PATTERNS}")
-    config = (
-        read_json(run.file("config.json")) if run.file("config.json").exists() else {}
+def run(args) -> int:
+    """Execute a notebook headlessly; optionally curate its run as an artifact."""
+    parameters = {name: _literal(value) for name, value in args.parameter}
+    folder, seconds = run_notebook(
+        args.notebook, args.preset, args.seed, parameters, args.kernel
     )
-    metrics = (
-        read_json(run.file("metrics.json")) if run.file("metrics.json").exists() else {}
+    print(
+        f"executed {args.notebook} at preset {args.preset} in {seconds:.0f} s -> "
+        f"{folder.path}"
     )
-    write_manifest(
-        target,
-        command=command,
-        commit=commit,
-        device=device_description(config.get("device", "cpu")),
-        notebook_wall_time_s=round(wall_time_s, 1),
-        training_wall_time_s=metrics.get("training_wall_time_s"),
-        created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        note=note,
-        run_folder=str(run.path.relative_to(repo_root()))
-        if run.path.is_relative_to(repo_root())
-        else str(run.path),
-    )
-    return target
+    if args.artifact:
+        words = list(args.argv)
+        if "--note" in words:  # the note is recorded on its own line of the manifest
+            del words[words.index("--note") : words.index("--note") + 2]
+        target = report.make_artifact(
+            folder.path,
+            args.artifact,
+            _command_line(words),
+            note=args.note,
+            notebook_wall_time_s=round(seconds, 1),
+        )
+        print(f"artifact written to {target}")
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mamllib.cli",
+def _command_line(words: list[str]) -> str:
+    return "python -m mamllib " + " ".join(shlex.quote(w) for w in words)
+
+
+def _common(parser, preset: str = "paper") -> None:
+    parser.add_argument("experiment", type=_experiment, help="e.g. omniglot-5way-1shot")
+    parser.add_argument("--preset", default=preset, choices=PRESET_NAMES)
+    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1")
+    parser.add_argument(
+        "--first-order", action="store_true", help="first-order MAML (its own run)"
+    )
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seed takes an integer, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--seed must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m mamllib",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser("run", help="execute a notebook headlessly with papermill")
-    run_p.add_argument("notebook", type=Path)
-    run_p.add_argument("--preset", default="book", choices=PRESET_NAMES)
-    run_p.add_argument("--seed", type=int, default=0)
-    run_p.add_argument(
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, text in (
+        ("train", "train (resuming) and evaluate an experiment"),
+        ("evaluate", "evaluate the checkpoints of a run as they are"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        _common(p)
+        p.add_argument("--methods", nargs="+", default=None, help="default: all")
+        p.add_argument("--threads", type=_positive_int("--threads"), default=None)
+        p.add_argument("--sim-threads", type=_positive_int("--sim-threads"))
+        if name == "train":
+            p.add_argument(
+                "--time-limit",
+                type=_seconds,
+                default=None,
+                help="training time of this call per method (3600, 45m, 2h)",
+            )
+            p.add_argument(
+                "--iterations",
+                type=_positive_int("--iterations"),
+                help="train to this iteration (the run folder stays the "
+                "preset's, so a later call without it continues)",
+            )
+            p.add_argument(
+                "--path",
+                default=None,
+                help="loop | vmap | batched | threads (the preset's default)",
+            )
+            p.add_argument(
+                "--reevaluate",
+                action="store_true",
+                help="evaluate even if metrics.json already scores the weights",
+            )
+    a = sub.add_parser(
+        "artifact", help="copy a run into artifacts/NAME with a manifest"
+    )
+    _common(a)
+    a.add_argument("--name", required=True, help="folder name under artifacts/")
+    a.add_argument(
+        "--checkpoints",
+        action="store_true",
+        help="also copy the checkpoints (a later run can continue it)",
+    )
+    a.add_argument("--note", default=None, help="a sentence for the manifest")
+    pp = sub.add_parser("paper", help="continue the paper-preset runs within a budget")
+    pp.add_argument(
+        "experiments",
+        nargs="*",
+        help="default: every run with a partial paper artifact",
+    )
+    pp.add_argument("--device", default="cuda")
+    pp.add_argument("--seed", type=_seed, default=0)
+    pp.add_argument(
+        "--time-budget",
+        type=_seconds,
+        required=True,
+        help="training time for all of them together (e.g. 2h)",
+    )
+    r = sub.add_parser("run", help="execute a notebook headlessly with papermill")
+    r.add_argument("notebook", type=Path)
+    r.add_argument("--preset", default="book", choices=PRESET_NAMES)
+    r.add_argument("--seed", type=_seed, default=0)
+    r.add_argument(
         "-p",
         "--parameter",
         nargs=2,
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="extra notebook parameter",
+        help="another notebook parameter",
     )
-    run_p.add_argument(
+    r.add_argument(
         "--artifact",
         metavar="NAME",
         help="then copy the run's small files to artifacts/NAME",
     )
-    run_p.add_argument("--kernel", default=None, help="Jupyter kernel name")
-    run_p.add_argument(
-        "--note",
-        default=None,
-        help="a sentence for the manifest (e.g. how training was run)",
-    )
-    pre_p = sub.add_parser("presets", help="print an experiment's presets")
-    pre_p.add_argument("experiment", choices=sorted(PRESETS))
-    args = parser.parse_args(argv)
+    r.add_argument("--kernel", default=None, help="Jupyter kernel name")
+    r.add_argument("--note", default=None, help="a sentence for the manifest")
+    pr = sub.add_parser("presets", help="print an experiment's presets")
+    pr.add_argument("experiment", type=_experiment)
+    return parser
 
-    if args.command == "presets":
-        print(json.dumps(PRESETS[args.experiment], indent=2))
-        return 0
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
-    parameters = {name: _literal(value) for name, value in args.parameter}
-    run, seconds = run_notebook(
-        args.notebook, args.preset, args.seed, parameters, args.kernel
-    )
-    print(
-        f"executed {args.notebook} at preset {args.preset} in {seconds:.0f} s -> "
-        f"{run.path}"
-    )
-    if args.artifact:
-        words = list(sys.argv[1:] if argv is None else argv)
-        if "--note" in words:  # the note is recorded on its own line of the manifest
-            del words[words.index("--note") : words.index("--note") + 2]
-        command = "python -m mamllib.cli " + " ".join(shlex.quote(w) for w in words)
-        target = make_artifact(run, args.artifact, command, seconds, args.note)
-        print(f"artifact written to {target}")
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        if args.command == "presets":
+            print(json.dumps(PRESETS[args.experiment], indent=2))
+            return 0
+        command = {
+            "train": train,
+            "evaluate": lambda a: train(a, evaluate_only=True),
+            "artifact": artifact,
+            "paper": paper,
+            "run": run,
+        }[args.command]
+        return command(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: the last completed iteration is checkpointed; run the same "
+            "command again to continue",
+            file=sys.stderr,
+        )
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        # Data missing, a checkpoint of other settings, another process on the run:
+        # the message says what to do; a traceback would bury it.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,55 +15,35 @@ meta-gradient (``clip_grad``), and checkpoint selection on validation tasks
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import torch
 
+from mamllib import paper, report
 from mamllib.evaluate import EVAL_SEED, VAL_SEED, adaptation_curve, summarize_curve
 from mamllib.maml import accuracy, cross_entropy_loss, inner_update
 from mamllib.models import Conv4, Params, detach_params, forward, init_params
+from mamllib.presets import PRESETS
 from mamllib.runs import RunFolder, device_description, read_json, save_torch
 from mamllib.tasks import make_generator
 from mamllib.train import FitResult, fit, meta_objective
 
-# Finn et al. 2017, Table 1: test accuracy (%) with its 95% CI, by run name (the
-# experiment, plus "-first-order" for the paper's first-order approximation). The
-# Omniglot and MiniImageNet chapters and scripts/fewshot_artifact.py read it here.
-PAPER_TABLE1: dict[str, tuple[float, float]] = {
-    "omniglot-5way-1shot": (98.7, 0.4),
-    "omniglot-5way-5shot": (99.9, 0.1),
-    "omniglot-20way-1shot": (95.8, 0.3),
-    "omniglot-20way-5shot": (98.9, 0.2),
-    "miniimagenet-5way-1shot": (48.70, 1.84),
-    "miniimagenet-5way-5shot": (63.11, 0.92),
-    "miniimagenet-5way-1shot-first-order": (48.07, 1.75),
-    "miniimagenet-5way-5shot-first-order": (63.15, 0.91),
-}
-
-# Where each chapter keeps its runs under results/.
-CHAPTER_RESULTS = {"omniglot": "07-omniglot", "miniimagenet": "08-miniimagenet"}
+DATASETS = {"omniglot": "Omniglot", "miniimagenet": "MiniImageNet"}
 
 
 def setting_name(experiment: str, first_order: bool = False) -> str:
-    """The row of Table 1 (``PAPER_TABLE1``) a run reproduces: the experiment, with
-    ``-first-order`` for the first-order approximation. Unknown names are refused."""
+    """The row of Table 1 (:data:`mamllib.paper.TABLE1`) a run reproduces: the
+    experiment, with ``-first-order`` for the first-order approximation. Unknown
+    names are refused."""
     name = experiment + ("-first-order" if first_order else "")
-    if experiment not in PAPER_TABLE1:
-        known = sorted(k for k in PAPER_TABLE1 if not k.endswith("-first-order"))
+    if experiment not in paper.TABLE1:
+        known = sorted(k for k in paper.TABLE1 if not k.endswith("-first-order"))
         raise ValueError(f"unknown few-shot experiment {experiment!r}; known: {known}")
-    if name not in PAPER_TABLE1:
-        rows = sorted(k for k in PAPER_TABLE1 if k.endswith("-first-order"))
+    if name not in paper.TABLE1:
+        rows = sorted(k for k in paper.TABLE1 if k.endswith("-first-order"))
         raise ValueError(f"Table 1 has no first-order row for {experiment!r}: {rows}")
     return name
-
-
-def run_name(experiment: str, first_order: bool = False) -> str:
-    """The run folder of a few-shot experiment under ``results/`` (before preset and
-    seed): ``07-omniglot/omniglot-5way-1shot``,
-    ``08-miniimagenet/miniimagenet-5way-1shot-first-order``. The chapters, the training
-    scripts and ``scripts/fewshot_artifact.py`` all name runs through it."""
-    name = setting_name(experiment, first_order)
-    return f"{CHAPTER_RESULTS[experiment.split('-')[0]]}/{name}"
 
 
 # Settings that do not change what training computes (see sinusoid._NOT_TRAINING).
@@ -350,33 +330,29 @@ def save_results(
     result: FitResult,
     evaluation: dict[str, Any],
     evaluation_wall_time_s: float,
-    paper_iterations: int,
-    name: str,
     **facts: Any,
 ) -> str:
-    """Write a headless run's ``metrics.json``, ``history.json`` and final weights.
+    """Write a run's ``metrics.json``, ``history.json``, final weights and its row of
+    Table 1 (``reproduction.json``) through :mod:`mamllib.report`.
 
-    The status is ``complete`` only for a paper-preset run that reached its
-    iterations; anything else is labelled partial with the iterations reached out
-    of the paper's ``paper_iterations``. ``facts`` go into ``metrics.json`` after the
-    status. Prints a one-line summary and returns the status.
+    The status follows :func:`mamllib.paper.run_status` against the paper preset's
+    iterations. ``facts`` go into ``metrics.json`` after the status. Prints a
+    one-line summary and returns the status.
     """
-    # Complete means the paper's iterations, whatever n_iterations this call had
-    # (train_miniimagenet.py --iterations stops a paper run early).
-    complete = result.iterations >= paper_iterations
-    status = (
-        "complete"
-        if complete and config["preset"] == "paper"
-        else (
-            f"partial: {config['preset']} preset, {result.iterations:,} of "
-            f"{paper_iterations:,} meta-iterations"
-        )
+    experiment = config["experiment"]
+    target = PRESETS[experiment]["paper"]["n_iterations"]
+    status = paper.run_status(
+        config["preset"], {"maml": result.iterations}, {"maml": target}
     )
     at = evaluation["at_test_steps"]
-    run.write_json(
-        "metrics.json",
+    setting = setting_name(experiment, config["first_order"])
+    value, ci95 = paper.TABLE1[setting]
+    report.write_results(
+        run,
+        status,
         {
-            "status": status,
+            "experiment": experiment,
+            "first_order": config["first_order"],
             **facts,
             "iterations": result.iterations,
             "training_wall_time_s": round(result.wall_time_s, 1),
@@ -385,14 +361,110 @@ def save_results(
             "test_accuracy": at,
             "steps": evaluation["steps"],
         },
-    )
-    run.write_json("history.json", result.history)
-    save_torch(
-        run.file("params-maml.pt"), {k: v.cpu() for k, v in result.params.items()}
+        history=result.history,
+        params={"maml": result.params},
+        rows=[
+            report.row(
+                f"{DATASETS[experiment.split('-')[0]]} {config['n_way']}-way "
+                f"{config['k_shot']}-shot",
+                ("first-order " if config["first_order"] else "")
+                + f"MAML test accuracy (%), {config['n_test_inner_steps']} steps",
+                value,
+                paper.TABLE1_SOURCE,
+                100 * at["mean"],
+                100 * at["ci95"],
+                status,
+                paper_ci95=ci95,
+            )
+        ],
     )
     print(
-        f"{name}: accuracy after {config['n_test_inner_steps']} steps "
+        f"{setting}: accuracy after {config['n_test_inner_steps']} steps "
         f"{100 * at['mean']:.2f} +- {100 * at['ci95']:.2f} % over {at['n']} tasks "
         f"({status}) -> {run.path}"
     )
     return status
+
+
+def episode_samplers(config: dict[str, Any]) -> dict[str, Any]:
+    """The train, validation (MiniImageNet) and test samplers of a config, all
+    loaded before training starts, so that a missing or too small split fails
+    before any iteration is spent."""
+    dataset = config["experiment"].split("-")[0]
+    if dataset == "omniglot":
+        from mamllib.data.omniglot import OmniglotTasks, load_omniglot
+
+        data = load_omniglot()
+        splits = ("train", "test")
+        samplers = {
+            split: OmniglotTasks(
+                data, split, scheme=config["scheme"], rotations=config["rotations"]
+            )
+            for split in splits
+        }
+    else:
+        from mamllib.data.miniimagenet import MiniImagenetTasks, load_miniimagenet
+
+        samplers = {
+            split: MiniImagenetTasks(
+                load_miniimagenet(split, images_per_class=config["images_per_class"])
+            )
+            for split in ("train", "val", "test")
+        }
+    return samplers
+
+
+def train_and_evaluate(
+    config: dict[str, Any],
+    run: RunFolder,
+    time_limit_s: float | None = None,
+    reevaluate: bool = False,
+    evaluate_only: bool = False,
+) -> dict[str, Any] | None:
+    """Meta-train (resuming), evaluate on the test split and write the results.
+
+    MiniImageNet selects the checkpoint on validation tasks, as cbfinn/maml. A call
+    on a run whose ``metrics.json`` already scores its weights does not evaluate
+    again unless ``reevaluate`` (:func:`already_evaluated`). Returns the metrics
+    written, or None when nothing was evaluated.
+    """
+    samplers = episode_samplers(config)
+    name = setting_name(config["experiment"], config["first_order"])
+    if evaluate_only and not run.checkpoint("maml").exists():
+        raise FileNotFoundError(
+            f"no checkpoint at {run.checkpoint('maml')}: train first"
+        )
+    if evaluate_only:
+        config = {**config, "n_iterations": _checkpoint_iteration(run)}
+    result = train_maml(
+        config,
+        samplers["train"],
+        run,
+        desc=name,
+        time_limit_s=time_limit_s,
+        val_tasks=samplers.get("val"),
+    )
+    print(
+        f"{name}: trained to {result.iterations:,} of {config['n_iterations']:,} "
+        f"iterations, {result.wall_time_s:.0f} s in all",
+        flush=True,
+    )
+    selection = result.selection or {}
+    if not reevaluate and (note := already_evaluated(run, config, result)):
+        print(note, flush=True)
+        return None
+    t0 = time.perf_counter()
+    evaluation = evaluate_maml(result.params, samplers["test"], config)
+    facts = {}
+    if selection:
+        facts = {
+            "selected_iteration": selection["best_iteration"],
+            "selection": selection,
+        }
+    save_results(run, config, result, evaluation, time.perf_counter() - t0, **facts)
+    return read_json(run.file("metrics.json"))
+
+
+def _checkpoint_iteration(run: RunFolder) -> int:
+    state = torch.load(run.checkpoint("maml"), weights_only=False, map_location="cpu")
+    return state["iteration"]

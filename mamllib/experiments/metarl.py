@@ -18,13 +18,16 @@ Notebooks 09 and 10 walk through it; ``scripts/train_metarl.py`` runs it headles
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mamllib import paper, report
 from mamllib.evaluate import EVAL_SEED, summarize_curve
 from mamllib.models import MLP, Params
+from mamllib.presets import PRESETS
 from mamllib.rl.envs import Navigation2D, sample_goals
 from mamllib.rl.metarl import (
     META_OBJECTIVES,
@@ -35,7 +38,6 @@ from mamllib.rl.metarl import (
 from mamllib.rl.policy import init_policy_params, per_task_mean, policy_model
 from mamllib.rl.rollouts import Trajectories, advantages, sample_trajectories
 from mamllib.rl.trpo import TRPOStats, direct_problem, trpo_step
-from mamllib.runs import save_torch
 from mamllib.tasks import make_generator
 from mamllib.train import FitResult, OuterStep, fit
 
@@ -380,17 +382,6 @@ __all__ = [
 ]
 
 
-# The paper's App. C tables: MAML's average return after 0, 1, 2, 3 steps (the other
-# locomotion tasks are reported only as curves, Figure 5).
-PAPER_APPENDIX_C = {
-    "navigation": ("2D navigation (point mass)", [-40.41, -11.68, -3.33, -3.23]),
-    "half_cheetah-direction": (
-        "Half-cheetah forward/backward",
-        [-50.69, 293.19, 313.48, 315.65],
-    ),
-}
-
-
 def save_results(
     run,
     config: dict[str, Any],
@@ -400,65 +391,98 @@ def save_results(
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``history.json`` and ``params-<method>.pt`` to ``run``.
 
-    ``metrics["status"]`` says ``complete`` only for the paper preset with every
-    method at its full number of iterations; otherwise how far each got.
+    The status is :func:`mamllib.paper.run_status` of every method against the
+    paper preset's iterations; ``reproduction.json`` holds App. C's rows, where the
+    paper has them.
     """
+    paper_preset = PRESETS[config["experiment"]]["paper"]
     targets = {
-        "maml": config["n_iterations"],
-        "pretrained": config["pretrain_iterations"],
-        "oracle": config["oracle_iterations"],
+        "maml": paper_preset["n_iterations"],
+        "pretrained": paper_preset["pretrain_iterations"],
+        "oracle": paper_preset["oracle_iterations"],
     }
     reached = {m: r.iterations for m, r in results.items()}
-    complete = config["preset"] == "paper" and all(
-        reached[m] >= targets[m] for m in reached
-    )
-    status = (
-        "complete"
-        if complete
-        else f"partial: {config['preset']} preset, iterations reached "
-        + ", ".join(f"{m} {reached[m]} of {targets[m]}" for m in reached)
-    )
-    name, paper_returns = PAPER_APPENDIX_C.get(
-        config.get("experiment", "navigation"), (None, None)
-    )
-    metrics = {
-        "status": status,
-        "iterations": reached,
-        "training_wall_time_s": round(sum(r.wall_time_s for r in results.values()), 1),
-        "training_wall_time_s_per_method": {
-            m: round(r.wall_time_s, 1) for m, r in results.items()
-        },
-        "s_per_iteration": {
-            m: round(r.wall_time_s / max(r.iterations, 1), 2)
-            for m, r in results.items()
-        },
-        "evaluation_wall_time_s": evaluation_wall_time_s,
-        "n_eval_tasks": config["n_eval_tasks"],
-        "n_eval_traj": config["n_eval_traj"],
-        "returns": evaluation["metrics"],
-        "paper_appendix_c_maml": paper_returns,
-    }
-    run.write_json("metrics.json", metrics)
-    run.write_json("history.json", {m: r.history for m, r in results.items()})
+    status = paper.run_status(config["preset"], reached, targets)
+    name, paper_returns = paper.APPENDIX_C.get(config["experiment"], (None, None))
     maml = evaluation["metrics"].get("maml", {}).get("steps", [])
-    run.write_json(
-        "reproduction.json",
-        [
-            {
-                "experiment": name,
-                "quantity": f"MAML: average return after {s['step']} "
-                f"step{'s' * (s['step'] != 1)}",
-                "paper": paper,
-                "paper_ci95": None,
-                "source": "App. C",
-                "ours": s["mean"],
-                "ours_ci95": s["ci95"],
-                "lower_is_better": False,
-                "status": status,
-            }
-            for s, paper in zip(maml, paper_returns or [])
+    return report.write_results(
+        run,
+        status,
+        {
+            "iterations": reached,
+            "training_wall_time_s": round(
+                sum(r.wall_time_s for r in results.values()), 1
+            ),
+            "training_wall_time_s_per_method": {
+                m: round(r.wall_time_s, 1) for m, r in results.items()
+            },
+            "s_per_iteration": {
+                m: round(r.wall_time_s / max(r.iterations, 1), 2)
+                for m, r in results.items()
+            },
+            "evaluation_wall_time_s": evaluation_wall_time_s,
+            "n_eval_tasks": config["n_eval_tasks"],
+            "n_eval_traj": config["n_eval_traj"],
+            "returns": evaluation["metrics"],
+            "paper_appendix_c_maml": paper_returns,
+        },
+        history={m: r.history for m, r in results.items()},
+        params={m: r.params for m, r in results.items()},
+        rows=[
+            report.row(
+                name,
+                f"MAML: average return after {s['step']} step{'s' * (s['step'] != 1)}",
+                value,
+                paper.APPENDIX_C_SOURCE,
+                s["mean"],
+                s["ci95"],
+                status,
+            )
+            for s, value in zip(maml, paper_returns or [])
         ],
     )
-    for method, result in results.items():
-        save_torch(run.file(f"params-{method}.pt"), result.params)
+
+
+def train_and_evaluate(
+    config: dict[str, Any],
+    run,
+    methods: tuple[str, ...] = METHODS,
+    time_limit_s: float | None = None,
+    evaluate_only: bool = False,
+) -> dict[str, Any]:
+    """Train each of ``methods`` (resuming; ``time_limit_s`` each), then evaluate
+    them and the random initialisation on the fixed test goals and write the results.
+
+    ``evaluate_only`` scores the checkpoints as they are. Returns the metrics.
+    """
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose among {list(METHODS)}")
+    results = {}
+    for method in methods:
+        if evaluate_only:
+            results[method] = load_trained(method, run.checkpoint(method))
+        else:
+            results[method] = train_policy(
+                method, config, run.checkpoint(method), time_limit_s=time_limit_s
+            )
+        r = results[method]
+        print(
+            f"{method}: {r.iterations} iterations, {r.wall_time_s:.0f} s in all, "
+            f"resumed from {r.resumed_from}",
+            flush=True,
+        )
+    t0 = time.perf_counter()
+    trained = {m: r.params for m, r in results.items()}
+    trained["random"] = initial_params("random", config)
+    evaluation = evaluate_methods(trained, config)
+    metrics = save_results(
+        run, config, results, evaluation, round(time.perf_counter() - t0, 1)
+    )
+    print(metrics["status"])
+    for method, values in metrics["returns"].items():
+        steps = " / ".join(
+            f"{s['mean']:.2f} +- {s['ci95']:.2f}" for s in values["steps"]
+        )
+        print(f"{method:>10}: {steps}", flush=True)
     return metrics

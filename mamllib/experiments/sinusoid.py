@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from mamllib import paper, report
 from mamllib.baselines import (
     oracle_losses,
     oracle_objective,
@@ -25,6 +26,7 @@ from mamllib.evaluate import (
 )
 from mamllib.maml import mse_loss
 from mamllib.models import MLP, Params, init_params
+from mamllib.presets import PRESETS
 from mamllib.runs import RunFolder
 from mamllib.tasks import SinusoidTasks, make_generator
 from mamllib.train import FitResult, fit, meta_objective
@@ -48,6 +50,10 @@ _NOT_TRAINING = {
 }
 
 
+METHODS = ("maml", "pretrained", "oracle")
+NAMES = {"maml": "MAML", "pretrained": "pretrained", "oracle": "oracle"}
+
+
 def models(config: dict[str, Any]) -> dict[str, MLP]:
     """Skeletons: 1-40-40-1 for MAML and pretrained, 3-40-40-1 for the oracle."""
     hidden = tuple(config["hidden_sizes"])
@@ -63,6 +69,7 @@ def train_method(
     config: dict[str, Any],
     run: RunFolder | None = None,
     desc: str | None = None,
+    time_limit_s: float | None = None,
 ) -> FitResult:
     """Train ``method`` (``"maml"``, ``"pretrained"`` or ``"oracle"``) per ``config``.
 
@@ -119,6 +126,7 @@ def train_method(
         log_every=config["log_every"],
         fingerprint=fingerprint,
         desc=desc or method,
+        time_limit_s=time_limit_s,
     )
 
 
@@ -174,3 +182,103 @@ def evaluate_methods(
                     }
             curves[k][method] = curve.cpu()
     return {"curves": curves, "metrics": metrics}
+
+
+def save_results(
+    run: RunFolder,
+    config: dict[str, Any],
+    results: dict[str, FitResult],
+    metrics: dict[str, Any],
+    **facts: Any,
+) -> dict[str, Any]:
+    """Write the run's ``metrics.json`` (``metrics`` from :func:`evaluate_methods`
+    under ``evaluation``), ``history.json``, weights and Table 2's rows, through
+    :mod:`mamllib.report`; the status follows :func:`mamllib.paper.run_status` for
+    MAML against the paper preset's iterations. Returns the metrics written."""
+    target = PRESETS["sinusoid"]["paper"]["n_iterations"]
+    status = paper.run_status(
+        config["preset"], {"maml": results["maml"].iterations}, {"maml": target}
+    )
+    k5 = metrics["k5"]
+    return report.write_results(
+        run,
+        status,
+        {
+            "training": {
+                m: {
+                    "iterations": r.iterations,
+                    "wall_time_s": round(r.wall_time_s, 1),
+                    "final_loss": r.history["loss"][-1] if r.history["loss"] else None,
+                }
+                for m, r in results.items()
+            },
+            "training_wall_time_s": round(
+                sum(r.wall_time_s for r in results.values()), 1
+            ),
+            "evaluation": metrics,
+            **facts,
+        },
+        history={m: r.history for m, r in results.items()},
+        params={m: r.params for m, r in results.items()},
+        rows=[
+            report.row(
+                "Sinusoid regression, K = 5",
+                f"{NAMES[m]}: MSE after {step} step{'s' * (step > 1)}",
+                value,
+                paper.TABLE2_SOURCE,
+                k5[m]["steps"][step]["mean"],
+                k5[m]["steps"][step]["ci95"],
+                status,
+                lower_is_better=True,
+            )
+            for m, by_step in paper.TABLE2.items()
+            for step, value in by_step.items()
+        ],
+    )
+
+
+def train_and_evaluate(
+    config: dict[str, Any],
+    run: RunFolder,
+    methods: tuple[str, ...] = METHODS,
+    time_limit_s: float | None = None,
+    evaluate_only: bool = False,
+) -> dict[str, Any] | None:
+    """Train ``methods`` (resuming), and once all three are trained, evaluate them
+    and write the results; returns the metrics, or None while a method is missing."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose among {list(METHODS)}")
+    results = {}
+    for method in METHODS:
+        if method not in methods and not run.checkpoint(method).exists():
+            continue
+        if evaluate_only and not run.checkpoint(method).exists():
+            raise FileNotFoundError(f"no checkpoint at {run.checkpoint(method)}")
+        limit = (
+            config if not evaluate_only else {**config, **_at_checkpoint(run, method)}
+        )
+        results[method] = train_method(
+            method,
+            limit,
+            run,
+            time_limit_s=None if method not in methods else time_limit_s,
+        )
+        r = results[method]
+        print(f"{method}: {r.iterations:,} iterations, {r.wall_time_s:.0f} s in all")
+    if set(results) != set(METHODS):
+        print(f"evaluation needs all of {list(METHODS)}: train the others too")
+        return None
+    evaluation = evaluate_methods({m: r.params for m, r in results.items()}, config)
+    saved = save_results(run, config, results, evaluation["metrics"])
+    print(saved["status"], "->", run.path)
+    return saved
+
+
+def _at_checkpoint(run: RunFolder, method: str) -> dict[str, int]:
+    """Iteration settings that make a call train nothing past the checkpoint."""
+    state = torch.load(run.checkpoint(method), weights_only=False, map_location="cpu")
+    key = {"maml": "n_iterations", "pretrained": "pretrain_iterations"}.get(
+        method, "oracle_iterations"
+    )
+    return {key: state["iteration"]}
