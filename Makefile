@@ -54,7 +54,7 @@ test-executed: $(STAMP)
 	$(BOOK_CI)
 
 lint: $(STAMP)
-	$(BIN)/ruff check mamllib tests benchmarks scripts
+	$(BIN)/ruff check mamllib tests benchmarks
 	$(BIN)/python tests/check_notebooks.py
 
 test-unit: $(STAMP)

@@ -104,10 +104,6 @@ def _config(args, preset: str | None = None) -> dict:
         if domain(args.experiment) != "metarl" or args.experiment == "navigation":
             raise UsageError("--sim-threads is for the locomotion experiments")
         overrides["sim_threads"] = args.sim_threads
-    if overrides["first_order"] and domain(args.experiment) == "fewshot":
-        from mamllib.experiments.fewshot import setting_name
-
-        setting_name(args.experiment, True)  # Table 1 has the row, or a clear error
     try:
         return make_config(args.experiment, preset or args.preset, **overrides)
     except (ValueError, TypeError) as exc:
@@ -155,6 +151,7 @@ def train(args, evaluate_only: bool = False) -> int:
     methods = _check_methods(args)
     _check_episodes(config)
     run = RunFolder(run_name(config), config["preset"], config["seed"])
+    args.run_path = run.path  # for the message after an interrupt
     if distributed.is_main():
         run.write_json("config.json", config)
     kind = domain(config["experiment"])
@@ -164,7 +161,7 @@ def train(args, evaluate_only: bool = False) -> int:
         fewshot.train_and_evaluate(
             config,
             run,
-            time_limit_s=args.time_limit,
+            time_limit_s=getattr(args, "time_limit", None),
             reevaluate=getattr(args, "reevaluate", False) or evaluate_only,
             evaluate_only=evaluate_only,
         )
@@ -179,7 +176,7 @@ def train(args, evaluate_only: bool = False) -> int:
             config,
             run,
             methods=methods,
-            time_limit_s=args.time_limit,
+            time_limit_s=getattr(args, "time_limit", None),
             evaluate_only=evaluate_only,
         )
     return 0
@@ -460,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
@@ -478,9 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        where = getattr(args, "run_path", None)
         print(
-            "\ninterrupted: the last completed iteration is checkpointed; run the same "
-            "command again to continue",
+            "\ninterrupted: the last completed iteration is checkpointed"
+            + (f" in {where}" if where else "")
+            + "; run the same command again to continue",
             file=sys.stderr,
         )
         return 130

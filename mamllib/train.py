@@ -394,7 +394,10 @@ def fit(
 
     t0 = time.perf_counter()
 
+    saved_wall = [wall_before]  # the training time the last checkpoint recorded
+
     def save(iteration: int, window: list[dict[str, float]]) -> None:
+        saved_wall[0] = wall_before + time.perf_counter() - t0
         if checkpoint is None or not main:
             return
         save_torch(
@@ -407,7 +410,7 @@ def fit(
                 "iteration": iteration,
                 "window": list(window),
                 "fingerprint": fingerprint,
-                "wall_time_s": wall_before + time.perf_counter() - t0,
+                "wall_time_s": saved_wall[0],
                 "reference_loss": reference,
             },
         )
@@ -484,7 +487,9 @@ def fit(
             raise
         finally:
             bar.close()
-    wall = wall_before + time.perf_counter() - t0
+    # The time the final checkpoint holds, so that a resumed call that trains
+    # nothing reports the same; a call that trained nothing adds none.
+    wall = saved_wall[0]
     return FitResult(
         detach_params(params, requires_grad=False),
         history,

@@ -191,10 +191,10 @@ def test_time_limit_stops_with_a_checkpoint_and_a_rerun_continues(tmp_path):
 
 @pytest.mark.parametrize("how", ["SIGINT, ignored at start", "SIGTERM"])
 def test_a_training_script_stopped_by_a_signal_saves_and_says_where(tmp_path, how):
-    """scripts/train_sinusoid.py (as every train_*.py script), stopped after its first
-    checkpoint line by ``kill -INT`` in a job whose shell ignored SIGINT (``nohup ...
-    &`` from a script) or by a plain ``kill``: it saves the progress and ends with one
-    line naming the checkpoint, no traceback."""
+    """``python -m mamllib train``, stopped after its first checkpoint line by ``kill
+    -INT`` in a job whose shell ignored SIGINT (``nohup ... &`` from a script) or by a
+    plain ``kill``: it saves the progress and ends with one line naming the run
+    folder, no traceback."""
     import os
     import signal
     import subprocess
@@ -206,10 +206,10 @@ def test_a_training_script_stopped_by_a_signal_saves_and_says_where(tmp_path, ho
         "MAMLLIB_PROGRESS": "lines",
         "OMP_NUM_THREADS": "1",
     }
-    checkpoint = tmp_path / "05-maml-sinusoid/ci/seed-0/checkpoint-maml.pt"
+    checkpoint = tmp_path / "sinusoid/ci/seed-0/checkpoint-maml.pt"
     sig = signal.SIGINT if how.startswith("SIGINT") else signal.SIGTERM
     proc = subprocess.Popen(
-        [sys.executable, "scripts/train_sinusoid.py", "--preset", "ci"]
+        [sys.executable, "-m", "mamllib", "train", "sinusoid", "--preset", "ci"]
         + ["--methods", "maml"],
         cwd=repo_root(),
         env=env,

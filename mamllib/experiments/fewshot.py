@@ -22,6 +22,7 @@ import torch
 
 from mamllib import paper, report
 from mamllib.evaluate import EVAL_SEED, VAL_SEED, adaptation_curve, summarize_curve
+from mamllib.experiments import run_name
 from mamllib.maml import accuracy, cross_entropy_loss, inner_update
 from mamllib.models import Conv4, Params, detach_params, forward, init_params
 from mamllib.presets import PRESETS
@@ -345,8 +346,10 @@ def save_results(
         config["preset"], {"maml": result.iterations}, {"maml": target}
     )
     at = evaluation["at_test_steps"]
-    setting = setting_name(experiment, config["first_order"])
-    value, ci95 = paper.TABLE1[setting]
+    # The row of Table 1 this run reproduces, if the paper has one (it has no
+    # first-order Omniglot rows).
+    setting = experiment + ("-first-order" if config["first_order"] else "")
+    value, ci95 = paper.TABLE1.get(setting, (None, None))
     report.write_results(
         run,
         status,
@@ -363,7 +366,9 @@ def save_results(
         },
         history=result.history,
         params={"maml": result.params},
-        rows=[
+        rows=[]
+        if value is None
+        else [
             report.row(
                 f"{DATASETS[experiment.split('-')[0]]} {config['n_way']}-way "
                 f"{config['k_shot']}-shot",
@@ -429,7 +434,7 @@ def train_and_evaluate(
     written, or None when nothing was evaluated.
     """
     samplers = episode_samplers(config)
-    name = setting_name(config["experiment"], config["first_order"])
+    name = run_name(config)
     if evaluate_only and not run.checkpoint("maml").exists():
         raise FileNotFoundError(
             f"no checkpoint at {run.checkpoint('maml')}: train first"
