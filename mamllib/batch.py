@@ -1,7 +1,7 @@
 """The container every meta-batch of tasks shares (bottom floor: imports only torch).
 
 Both task families hand out one: :class:`mamllib.tasks.TaskBatch` (sinusoids) and
-:class:`mamllib.data.omniglot.Episodes` (images).
+:class:`mamllib.tasks.Episodes` (images).
 """
 
 from __future__ import annotations

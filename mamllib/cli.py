@@ -122,26 +122,6 @@ def _check_methods(args) -> tuple[str, ...]:
     return methods
 
 
-def _check_episodes(config: dict) -> None:
-    """Refuse N-way K-shot settings the data set's splits cannot supply, before any
-    data is read or iteration is spent."""
-    if domain(config["experiment"]) != "fewshot":
-        return
-    from mamllib.data import check_episode_sizes
-
-    dataset = config["experiment"].split("-")[0]
-    splits = ("train", "test") if dataset == "omniglot" else ("train", "val", "test")
-    n_query = config.get("n_eval_query") or config["n_query"]
-    try:
-        for split in splits:
-            check_episode_sizes(
-                dataset, split, config["n_way"], config["k_shot"], config["n_query"]
-            )
-        check_episode_sizes(dataset, "test", config["n_way"], config["k_shot"], n_query)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def train(args, evaluate_only: bool = False) -> int:
     """Train (resuming) and evaluate one experiment into its run folder."""
     if args.threads:
@@ -149,18 +129,25 @@ def train(args, evaluate_only: bool = False) -> int:
     distributed.init_from_environment(args.device or "cpu")
     config = _config(args)
     methods = _check_methods(args)
-    _check_episodes(config)
+    kind = domain(config["experiment"])
+    samplers = None
+    if kind == "fewshot":  # sizes checked, then every split loaded, before the run
+        from mamllib.experiments import fewshot
+
+        try:
+            fewshot.check_episodes(config)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        samplers = fewshot.episode_samplers(config)
     run = RunFolder(run_name(config), config["preset"], config["seed"])
     args.run_path = run.path  # for the message after an interrupt
     if distributed.is_main():
         run.write_json("config.json", config)
-    kind = domain(config["experiment"])
     if kind == "fewshot":
-        from mamllib.experiments import fewshot
-
         fewshot.train_and_evaluate(
             config,
             run,
+            samplers=samplers,
             time_limit_s=getattr(args, "time_limit", None),
             reevaluate=getattr(args, "reevaluate", False) or evaluate_only,
             evaluate_only=evaluate_only,
@@ -237,10 +224,12 @@ def paper(args) -> int:
     for name, ns, config in plans:
         run = RunFolder(run_name(config), "paper", config["seed"])
         source = _paper_artifact(run_name(config))
-        if source is not None:
-            for checkpoint in source.glob("checkpoint-*.pt"):
-                if not (run.path / checkpoint.name).exists():
-                    shutil.copy2(checkpoint, run.path / checkpoint.name)
+        if source is not None:  # its checkpoints and validation record
+            for pattern in report.CHECKPOINT_PATTERNS:
+                for checkpoint in source.glob(pattern):
+                    if not (run.path / checkpoint.name).exists():
+                        run.path.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(checkpoint, run.path / checkpoint.name)
         methods = tuple(
             sorted(
                 p.stem.removeprefix("checkpoint-")
@@ -260,14 +249,15 @@ def paper(args) -> int:
         target = f"{run_name(config)}-paper" + (
             "" if status == "complete" else "-partial"
         )
-        if source is not None and source.name != target:
-            shutil.rmtree(source)
+        if source is not None and source.name != target:  # partial -> complete
+            shutil.move(source, source.parent / target)
         report.make_artifact(
             run.path,
             target,
             _command_line(args.argv),
             note=f"continued by the paper runner, {share:.0f} s of training",
             checkpoints=True,
+            refresh=True,
         )
         print(f"{name}: {status} -> artifacts/{target}", flush=True)
     return 0

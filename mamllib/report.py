@@ -110,11 +110,14 @@ def make_artifact(
     note: str | None = None,
     checkpoints: bool = False,
     root: Path | None = None,
+    refresh: bool = False,
     **facts: Any,
 ) -> Path:
     """Copy a run folder's small files into ``artifacts/<name>/`` with a manifest:
     the command, commit, device, wall times, iterations, status and the sha256 of
-    every file. An existing artifact of that name is replaced.
+    every file. An existing artifact of that name is replaced, or with ``refresh``
+    updated in place: the run's files overwrite theirs and the artifact's other files
+    (notes, probes, logs) stay.
 
     Args:
         checkpoints: copy the checkpoints too (then a later run can continue it).
@@ -129,7 +132,12 @@ def make_artifact(
         )
     commit = git_commit(root)  # before this function changes tracked files
     target = root / "artifacts" / name
-    if target.exists():
+    previous = None
+    if refresh and (target / "manifest.json").exists():
+        # What earlier runs recorded (command, device, notes) stays, one level down.
+        previous = read_json(target / "manifest.json")
+        previous.pop("files", None)
+    if target.exists() and not refresh:
         shutil.rmtree(target)
     patterns = ARTIFACT_PATTERNS + (CHECKPOINT_PATTERNS if checkpoints else ())
     for pattern in patterns:
@@ -154,6 +162,7 @@ def make_artifact(
         if run_path.is_relative_to(root)
         else str(run_path),
         **facts,
+        **({"previous": previous} if previous else {}),
     )
     return target
 

@@ -2,25 +2,27 @@
 
 Runs live under ``results/<notebook>/<preset>/seed-<n>/`` resolved from the repository
 root (jupyter-book, nbval and papermill each start in a different working directory),
-or under ``$MAMLLIB_RESULTS`` if set. Every file is written atomically: to a temporary
-name in the same folder, then ``os.replace``, so an interrupted run never leaves a
+or under ``$MAMLLIB_RESULTS`` if set. Every file is written atomically
+(:mod:`mamllib.data.store`): to a temporary name in the same folder, its size reserved
+first, then ``os.replace``, so an interrupted run or a full disk never leaves a
 half-written result or checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from mamllib.data import store
+from mamllib.data.store import atomic_write_bytes
 
 
 def repo_root() -> Path:
@@ -39,28 +41,12 @@ def repo_root() -> Path:
     return cwd
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+RESULTS_FIX = "free space there or point MAMLLIB_RESULTS at a folder on another disk"
 
 
 def write_json(path: Path, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON; returns the path."""
-    atomic_write_bytes(
-        Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
-    )
-    return Path(path)
+    return store.write_json(path, obj, RESULTS_FIX)
 
 
 def read_json(path: Path) -> Any:
@@ -69,27 +55,31 @@ def read_json(path: Path) -> Any:
 
 
 def save_torch(path: Path, obj: Any) -> Path:
-    """Atomically ``torch.save`` ``obj`` to ``path``."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
+    """Atomically ``torch.save`` ``obj`` to ``path`` (its full size reserved first)."""
+    return store.save_torch(path, obj, RESULTS_FIX)
 
 
 class RunFolder:
     """``results/<notebook>/<preset>/seed-<n>/``: config, metrics, history, figures."""
 
-    def __init__(self, notebook: str, preset: str, seed: int, root: Path | None = None):
+    def __init__(
+        self,
+        notebook: str,
+        preset: str,
+        seed: int,
+        root: Path | None = None,
+        create: bool = True,
+    ):
+        """``create=False`` only names the folder (to read a run, or to create it
+        on its first write, after the inputs are checked and the data loaded)."""
         base = (
             Path(os.environ["MAMLLIB_RESULTS"])
             if os.environ.get("MAMLLIB_RESULTS")
             else (root or repo_root()) / "results"
         )
         self.path = base / notebook / preset / f"seed-{seed}"
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "figures").mkdir(exist_ok=True)
+        if create:
+            (self.path / "figures").mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -113,17 +103,13 @@ class RunFolder:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
         path = self.path / "figures" / f"{name}.png"
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue(), RESULTS_FIX)
         return path
 
 
 def sha256(path: Path) -> str:
     """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return store.file_digest(path, "sha256")
 
 
 def git_commit(root: Path | None = None) -> str:

@@ -80,3 +80,30 @@ def test_train_then_evaluate_the_sinusoid_at_ci(capsys, results_dir, monkeypatch
     assert main(["evaluate", "sinusoid", "--preset", "ci", "--iterations", "60"]) == 2
     assert main(["evaluate", "sinusoid", "--preset", "ci"]) == 0
     assert (run / "metrics.json").read_text() == metrics
+
+
+def test_paper_runner_continues_from_the_artifact_and_refreshes_it(
+    capsys, tmp_path, monkeypatch
+):
+    """``paper sinusoid`` trains for its budget, evaluates and writes a partial
+    artifact with checkpoints; on a fresh clone (no run folder) it continues from the
+    artifact's checkpoints, and the artifact's other files and history stay."""
+    import shutil
+
+    monkeypatch.setenv("MAMLLIB_ROOT", str(tmp_path))
+    monkeypatch.setenv("MAMLLIB_RESULTS", str(tmp_path / "results"))
+    monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
+    argv = ["paper", "sinusoid", "--device", "cpu", "--time-budget", "1.5"]
+    assert main(argv) == 0
+    artifact = tmp_path / "artifacts" / "sinusoid-paper-partial"
+    first = torch.load(artifact / "checkpoint-maml.pt", weights_only=False)["iteration"]
+    assert first > 0
+    (artifact / "notes.txt").write_text("kept")
+    shutil.rmtree(tmp_path / "results")  # a fresh clone: only the artifact is there
+    assert main(argv) == 0
+    second = torch.load(artifact / "checkpoint-maml.pt", weights_only=False)
+    assert second["iteration"] > first
+    assert (artifact / "notes.txt").read_text() == "kept"
+    manifest = (artifact / "manifest.json").read_text()
+    assert '"previous"' in manifest and "notes.txt" in manifest
+    assert "partial: paper preset" in (artifact / "metrics.json").read_text()

@@ -2,36 +2,35 @@
 conv-4's meta-gradient (finite differences, first vs second order, fast paths);
 training glue (gradient clipping, checkpoint selection on validation classes).
 
-Counts and episodes use a small subset of the shared copy in ``../shared/data``
-(skipped if it is absent); the failure cases use tiny fake copies built in
-``tmp_path`` (a few classes of 4 images, the expected counts patched to match).
+Counts and episodes use a small subset of the data folder's copy (``$MAMLLIB_DATA``,
+else ``../shared/data`` beside the repository; skipped, loudly, if it is absent); the
+failure cases use tiny fake copies built in ``tmp_path`` (a few classes of 4 images,
+the expected counts patched to match).
 """
 
+import errno
 import io
+import os
+import stat
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import DATA_ROOT, needs_miniimagenet
 from gradcheck import assert_matches_finite_differences, flat
 from PIL import Image
 
 from mamllib.data import miniimagenet as mi
+from mamllib.data import store
 from mamllib.maml import adapt, cross_entropy_loss, meta_gradient, task_loss
 from mamllib.models import Conv4, init_params
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-HAVE_SHARED = all(
-    (SHARED_DATA / "miniimagenet" / sub).is_file()
-    for sub in ("splits/train.csv", "images/train.zip", "images/test.zip")
-)
-shared = pytest.mark.skipif(
-    not HAVE_SHARED,
-    reason=f"MiniImageNet not found in {SHARED_DATA}/miniimagenet (the shared data "
-    "folder beside the repository); see its SOURCE.md",
-)
+SHARED_DATA = DATA_ROOT
+shared = needs_miniimagenet
 SUBSET = 5  # images per class cached from the shared copy (seconds to build)
 
 
@@ -42,18 +41,13 @@ def no_env(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("miniimagenet-cache")
+def cache(miniimagenet_cache):
+    return miniimagenet_cache
 
 
 @pytest.fixture(scope="session")
-def splits(cache):
-    if not HAVE_SHARED:
-        pytest.skip("no shared MiniImageNet copy")
-    return {
-        s: mi.load_miniimagenet(s, SHARED_DATA, cache, images_per_class=SUBSET)
-        for s in mi.SPLITS
-    }
+def splits(load_miniimagenet_subset):
+    return {s: load_miniimagenet_subset(s, SUBSET) for s in mi.SPLITS}
 
 
 # ------------------------------------------------------------------------------------
@@ -98,7 +92,7 @@ def test_cache_is_a_memory_map_reloaded_identically(splits, cache):
 
 @shared
 def test_episodes_shapes_labels_pixels(splits):
-    tasks = mi.MiniImagenetTasks(splits["train"])
+    tasks = mi.tasks_for_split(splits["train"])
     g = torch.Generator().manual_seed(0)
     batch = tasks.sample(3, 5, 1, 4, generator=g)
     assert batch.x_support.shape == (3, 5, 3, 84, 84)
@@ -120,13 +114,26 @@ def test_episodes_shapes_labels_pixels(splits):
 
 @shared
 def test_bad_episode_sizes_are_refused(splits):
-    tasks = mi.MiniImagenetTasks(splits["val"])
-    with pytest.raises(ValueError, match="exceeds the 16 classes"):
+    tasks = mi.tasks_for_split(splits["val"])
+    with pytest.raises(ValueError, match="n_way=17 but the MiniImageNet val split"):
         tasks.sample(1, 17, 1, 1)
-    with pytest.raises(ValueError, match="images_per_class"):
+    with pytest.raises(ValueError, match=r"= 16 but .* 5 images \(images_per_class"):
         tasks.sample(1, 5, 1, 15)  # 16 > the 5 cached per class
     with pytest.raises(ValueError, match=">= 1"):
         tasks.sample(1, 5, 0, 1)
+
+
+@shared
+def test_the_old_name_builds_the_same_sampler(splits):
+    """The chapter and the script call MiniImagenetTasks(data)."""
+    tasks = mi.MiniImagenetTasks(splits["test"])
+    assert repr(tasks) == (
+        "EpisodeSampler(MiniImageNet test split: 20 classes, 5 images each "
+        "(images_per_class=5 of 600))"
+    )
+    # A channel-first view of the memory map, not a copy.
+    assert np.shares_memory(tasks.images, splits["test"].images)
+    assert tasks.images.shape == (20, SUBSET, 3, 84, 84)
 
 
 # ------------------------------------------------------------------------------------
@@ -279,6 +286,75 @@ def test_damaged_cache_is_rebuilt_and_bad_arguments_refused(tmp_path, fake):
         mi.load_miniimagenet("validation", tmp_path / "data")
     with pytest.raises(ValueError, match="images_per_class"):
         mi.load_miniimagenet("test", tmp_path / "data", images_per_class=0)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_cache_files_get_open_permissions(tmp_path, fake, umask_022):
+    mi.load_miniimagenet("val", tmp_path / "data", tmp_path / "cache")
+    path = mi.cache_file("val", cache=tmp_path / "cache")
+    for file in (path, path.with_suffix(".json")):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o644, file
+
+
+def test_full_disk_is_a_clear_error_before_decoding(tmp_path, fake, monkeypatch):
+    """posix_fallocate reserves the whole cache first: no bus error from the memory
+    map halfway, an error naming the file, the bytes and MAMLLIB_CACHE."""
+    decoded = []
+    monkeypatch.setattr(mi, "decode_image", lambda *a: decoded.append(a))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "posix_fallocate", full, raising=False)
+    with pytest.raises(store.OutOfSpaceError) as error:
+        mi.load_miniimagenet("train", tmp_path / "data", tmp_path / "cache")
+    message = str(error.value)
+    path = mi.cache_file("train", cache=tmp_path / "cache")
+    size = 128 + 3 * FAKE_PER_CLASS * 84 * 84 * 3  # .npy header + pixels
+    assert str(path) in message and f"{size:,} bytes" in message
+    assert "MAMLLIB_CACHE" in message and isinstance(error.value, OSError)
+    assert error.value.errno == errno.ENOSPC
+    assert decoded == [] and leftovers(tmp_path / "cache") == []
+
+
+def test_a_killed_build_leaves_a_temp_file_the_next_start_removes(tmp_path, fake):
+    """A build killed halfway (SIGKILL: no cleanup runs) leaves its temporary file;
+    the next load removes it, whether it builds the cache or finds one."""
+    cache = tmp_path / "cache"
+    path = mi.cache_file("test", cache=cache)
+    code = (
+        "import sys, time\n"
+        "from mamllib.data import miniimagenet as mi\n"
+        "mi.N_CLASSES = {'train': 3, 'val': 2, 'test': 2}\n"
+        "mi.IMAGES_PER_CLASS = 4\n"
+        "def hang(data, name):\n"
+        "    print('decoding', flush=True)\n"
+        "    time.sleep(120)\n"
+        "mi.decode_image = hang\n"
+        f"mi.load_miniimagenet('test', {str(tmp_path / 'data')!r}, {str(cache)!r})\n"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "decoding"
+    finally:
+        writer.kill()
+        writer.wait()
+    (stale,) = [p for p in cache.iterdir() if p.name.startswith(f".{path.name}.")]
+    assert stale.name.startswith(f".{path.name}.{writer.pid}.")
+    mi.load_miniimagenet("test", tmp_path / "data", cache)
+    assert leftovers(cache) == sorted([path.name, path.with_suffix(".json").name])
+    # With the cache in place, a stale file is still removed at the next load.
+    stale.write_bytes(b"left by a killed rebuild")
+    mi.load_miniimagenet("test", tmp_path / "data", cache)
+    assert not stale.exists()
 
 
 # ------------------------------------------------------------------------------------
@@ -443,7 +519,7 @@ def test_train_selects_on_validation_and_resumes(splits, tmp_path, monkeypatch):
         log_every=1,
         outer_lr=0.01,
     )
-    train, val = (mi.MiniImagenetTasks(splits[s]) for s in ("train", "val"))
+    train, val = (mi.tasks_for_split(splits[s]) for s in ("train", "val"))
     whole = train_maml(config, train, val_tasks=val)
     assert whole.selection["iteration"] == [2, 4]
     best = whole.selection["best_iteration"]
@@ -492,7 +568,7 @@ def test_a_paper_run_stopped_early_is_labelled_partial(tmp_path):
         )
         run = RunFolder("mini", "paper", reached, root=tmp_path)
         result = FitResult(params, {"iteration": [], "loss": []}, reached, 1.0, None)
-        status = save_results(run, config, result, evaluation, 1.0, 60_000, "mini")
+        status = save_results(run, config, result, evaluation, 1.0)
         assert status == expected
         assert read_json(run.file("metrics.json"))["status"] == expected
 
@@ -518,8 +594,7 @@ def test_a_call_that_trained_nothing_is_not_evaluated_again(tmp_path):
         "at_test_steps": {"step": 10, "mean": 0.4, "ci95": 0.02, "n": 600},
         "steps": [],
     }
-    save_results(run, config, scored, evaluation, 1.0, 60_000, "mini",
-                 selected_iteration=2000)  # fmt: skip
+    save_results(run, config, scored, evaluation, 1.0, selected_iteration=2000)
     note = already_evaluated(run, config, resumed)
     assert note and "3,000 iterations" in note and "--reevaluate" in note
     for other_result, other_config in (
@@ -551,23 +626,16 @@ def test_loop_evaluation_equals_the_vmap_curve():
     )
 
 
-def test_artifact_script_copies_a_first_order_run(tmp_path):
-    """scripts/fewshot_artifact.py on a made-up MiniImageNet first-order run folder:
-    the files, the Table 1 row it is set beside, the manifest; and its refusals."""
-    import json
-    import os
-    import subprocess
-    import sys
+def test_artifact_command_copies_a_first_order_run(tmp_path, monkeypatch, capsys):
+    """``python -m mamllib artifact ... --first-order`` on a made-up MiniImageNet
+    first-order run folder: the files, the manifest, the checkpoints on request;
+    without --first-order it looks for the second-order run, which is not there."""
+    from mamllib.cli import main
+    from mamllib.runs import RunFolder, read_json, sha256
 
-    from mamllib.runs import RunFolder, read_json, repo_root, sha256
-
-    results = tmp_path / "results"
-    run = RunFolder(
-        "08-miniimagenet/miniimagenet-5way-1shot-first-order",
-        "paper",
-        0,
-        root=tmp_path,
-    )
+    monkeypatch.setenv("MAMLLIB_ROOT", str(tmp_path))
+    monkeypatch.setenv("MAMLLIB_RESULTS", str(tmp_path / "results"))
+    run = RunFolder("miniimagenet-5way-1shot-first-order", "paper", 0)
     status = "partial: paper preset, 300 of 60,000 meta-iterations"
     metrics = {
         "status": status,
@@ -579,40 +647,22 @@ def test_artifact_script_copies_a_first_order_run(tmp_path):
     }
     run.write_json("metrics.json", metrics)
     run.write_json("config.json", {"n_way": 5, "k_shot": 1, "n_test_inner_steps": 10})
+    run.write_json("reproduction.json", [])
     run.write_json("history.json", {"iteration": [50], "loss": [1.5]})
     torch.save({"w": torch.zeros(1)}, run.file("params-maml.pt"))
     torch.save({"iteration": [300]}, run.file("selection-maml.pt"))
-    script = [sys.executable, str(repo_root() / "scripts/fewshot_artifact.py")]
-    args = ["--experiment", "miniimagenet-5way-1shot", "--name", "fo", "--command",
-            "python scripts/train_miniimagenet.py --first-order --iterations 300",
-            "--artifacts", str(tmp_path / "artifacts")]  # fmt: skip
-    env = {**os.environ, "MAMLLIB_RESULTS": str(results)}
-
-    def call(*extra):
-        return subprocess.run(
-            script + args + list(extra), env=env, capture_output=True, text=True
-        )
-
-    # Without --first-order it looks for the second-order run, which is not there.
-    missing = call()
-    assert missing.returncode != 0 and "train_miniimagenet.py" in missing.stderr
+    argv = ["artifact", "miniimagenet-5way-1shot", "--name", "fo"]
+    assert main(argv) == 1
+    assert "has no metrics.json" in capsys.readouterr().err
     assert not (tmp_path / "artifacts" / "fo").exists()
-    done = call("--first-order")
-    assert done.returncode == 0, done.stderr
+    assert main([*argv, "--first-order", "--checkpoints", "--note", "a test"]) == 0
     target = tmp_path / "artifacts" / "fo"
     assert read_json(target / "metrics.json") == metrics
     assert (target / "selection-maml.pt").exists()
-    (row,) = read_json(target / "reproduction.json")
-    assert (row["paper"], row["paper_ci95"], row["source"]) == (48.07, 1.75, "Table 1")
-    assert row["quantity"].startswith("first-order MAML")
-    assert (row["ours"], row["status"]) == (30.0, status)
     manifest = read_json(target / "manifest.json")
-    assert manifest["iterations"] == 300 and manifest["command"].endswith("300")
-    assert manifest["files"]["params-maml.pt"] == sha256(target / "params-maml.pt")
-    assert json.loads((target / "manifest.json").read_text())["device"] == "cpu"
-    again = call("--first-order")  # never overwrites an artifact unasked
-    assert again.returncode != 0 and "exists" in again.stderr
-    (target / "stale.txt").write_text("from an older artifact")
-    assert call("--first-order", "--replace").returncode == 0
-    assert not (target / "stale.txt").exists()
-    assert read_json(target / "metrics.json") == metrics
+    assert manifest["status"] == status and manifest["note"] == "a test"
+    assert manifest["command"].startswith("python -m mamllib artifact")
+    for name, digest in manifest["files"].items():
+        assert sha256(target / name) == digest
+
+

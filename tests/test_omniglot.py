@@ -1,8 +1,9 @@
 """Omniglot: counts, splits, rotations, episodes, preprocessing, and every way to fail.
 
-Uses the local copy in ``../shared/data/omniglot`` (beside the repository) through
-``MAMLLIB_DATA``, and builds the preprocessed cache once per session in a temporary
-folder. No network: the download path is exercised with a stand-in URL opener.
+Uses the data folder's copy (``$MAMLLIB_DATA``, else ``../shared/data`` beside the
+repository; see conftest.py), and builds the preprocessed cache once per session in a
+temporary folder. No network: the download path is exercised with a stand-in URL
+opener.
 """
 
 import io
@@ -12,48 +13,43 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA_ROOT, needs_omniglot
 from torch import nn
 
 from mamllib.data import omniglot as om
+from mamllib.data.store import CACHE_ENV
 from mamllib.maml import cross_entropy_loss, meta_loss_loop, meta_loss_vmap
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-ARCHIVE_DIR = SHARED_DATA / "omniglot"
+ARCHIVE_DIR = DATA_ROOT / "omniglot"
 
-pytestmark = pytest.mark.skipif(
-    not all((ARCHIVE_DIR / name).is_file() for name in om.ARCHIVES),
-    reason=f"Omniglot archives not found in {ARCHIVE_DIR} (the shared data folder "
-    "beside the repository); see ../shared/data/omniglot/SOURCE.md",
-)
+pytestmark = needs_omniglot
 
 
 @pytest.fixture(autouse=True)
 def shared_data(monkeypatch):
-    """Every test sees the shared copy via MAMLLIB_DATA and no stray cache setting."""
-    monkeypatch.setenv(om.DATA_ENV, str(SHARED_DATA))
-    monkeypatch.delenv(om.CACHE_ENV, raising=False)
+    """Every test sees the data folder via MAMLLIB_DATA and no stray cache setting."""
+    monkeypatch.setenv(om.DATA_ENV, str(DATA_ROOT))
+    monkeypatch.delenv(CACHE_ENV, raising=False)
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("omniglot-cache")
+def cache(omniglot_cache):
+    return omniglot_cache
 
 
 @pytest.fixture(scope="session")
-def data(cache):
-    """Build the cache once per session (~20 s on one core) from the shared copy."""
-    return om.load_omniglot(root=SHARED_DATA, cache=cache)
+def data(omniglot_data):
+    return omniglot_data
 
 
 @pytest.fixture(scope="session")
 def train_tasks(data):
-    return om.OmniglotTasks(data, "train")
+    return om.tasks_for_split(data, "train")
 
 
 @pytest.fixture(scope="session")
 def test_tasks(data):
-    return om.OmniglotTasks(data, "test")
+    return om.tasks_for_split(data, "test")
 
 
 def rezip(src: Path, dst: Path, drop=lambda name: False, replace=None) -> Path:
@@ -156,32 +152,45 @@ def test_split_ignores_alphabets(data):
 
 def test_rotations_are_new_classes_within_each_split(data, train_tasks, test_tasks):
     assert (train_tasks.n_classes, test_tasks.n_classes) == (4800, 1692)
+    assert train_tasks.images.shape == (4800, 20, 1, 28, 28)
     c = 7 * 4  # character 7 of the split, no rotation
     for r in range(4):
         expected = torch.rot90(train_tasks.images[c], r, dims=(-2, -1))
         assert torch.equal(train_tasks.images[c + r], expected)
-    char = int(train_tasks.character_ids[7])
-    assert torch.equal(train_tasks.images[c], data.images[char])
-    train_chars = set(train_tasks.character_of(torch.arange(4800)).tolist())
-    test_chars = set(test_tasks.character_of(torch.arange(1692)).tolist())
+    char = int(train_tasks.sources[7])
+    assert torch.equal(train_tasks.images[c, :, 0], data.images[char])
+    train_chars = set(train_tasks.source_of(torch.arange(4800)).tolist())
+    test_chars = set(test_tasks.source_of(torch.arange(1692)).tolist())
     assert len(train_chars) == 1200 and len(test_chars) == 423
     assert train_chars.isdisjoint(test_chars)
-    plain = om.OmniglotTasks(data, "test", rotations=False)
+    plain = om.tasks_for_split(data, "test", rotations=False)
     assert plain.n_classes == 423
+    assert repr(train_tasks) == (
+        "EpisodeSampler(Omniglot train split, scheme='paper': 1200 characters x 4 "
+        "rotations = 4800 classes, 20 drawings each)"
+    )
+
+
+def test_the_old_name_builds_the_same_sampler(data, train_tasks):
+    """The chapter and the scripts call OmniglotTasks(data, split, scheme=...)."""
+    tasks = om.OmniglotTasks(data, "train", scheme="paper", rotations=True)
+    assert type(tasks) is type(train_tasks) and torch.equal(
+        tasks.images, train_tasks.images
+    )
 
 
 def test_no_test_character_is_ever_sampled_in_training(train_tasks):
     test_ids = set(om.split_characters("paper")["test"].tolist())
     batch = train_tasks.sample(200, 20, 1, generator=torch.Generator().manual_seed(0))
-    seen = set(train_tasks.character_of(batch.classes).flatten().tolist())
+    seen = set(train_tasks.source_of(batch.classes).flatten().tolist())
     assert seen.isdisjoint(test_ids)
     assert batch.classes.remainder(4).unique().tolist() == [0, 1, 2, 3]
 
 
 def test_val_split_needs_the_original_scheme(data):
     with pytest.raises(ValueError, match="original"):
-        om.OmniglotTasks(data, "val")
-    assert om.OmniglotTasks(data, "val", scheme="original").n_classes == 400
+        om.tasks_for_split(data, "val")
+    assert om.tasks_for_split(data, "val", scheme="original").n_classes == 400
 
 
 # ------------------------------------------------------------------------------------
@@ -207,14 +216,14 @@ def test_episode_shapes_labels_and_distinct_drawings(train_tasks):
     for labels, k in ((b.y_support, 1), (b.y_query, 3)):
         assert (torch.stack([(labels == c).sum(1) for c in range(5)]) == k).all()
     # Distinct characters per task, distinct drawings per class (support vs query).
-    chars = train_tasks.character_of(b.classes)
+    chars = train_tasks.source_of(b.classes)
     assert all(len(set(row.tolist())) == 5 for row in chars)
-    assert all(len(set(d.tolist())) == 4 for d in b.drawings.flatten(0, 1))
+    assert all(len(set(d.tolist())) == 4 for d in b.examples.flatten(0, 1))
     # The images are those the indices name.
     t, n = 3, 2
-    expected = train_tasks.images[b.classes[t, n], b.drawings[t, n]].float() / 255
-    torch.testing.assert_close(b.x_support[t, n, 0], expected[0])
-    torch.testing.assert_close(b.x_query[t, 3 * n : 3 * n + 3, 0], expected[1:])
+    expected = train_tasks.images[b.classes[t, n], b.examples[t, n]].float() / 255
+    torch.testing.assert_close(b.x_support[t, n], expected[0])
+    torch.testing.assert_close(b.x_query[t, 3 * n : 3 * n + 3], expected[1:])
 
 
 def test_labels_are_a_fresh_permutation_per_task(train_tasks):
@@ -238,9 +247,9 @@ def test_sampling_is_reproducible_per_seed(train_tasks):
 
 
 def test_bad_episode_sizes_are_refused(train_tasks):
-    with pytest.raises(ValueError, match="20 drawings"):
+    with pytest.raises(ValueError, match="= 21 but each character .* 20 drawings"):
         train_tasks.sample(2, 5, 10, n_query=11)
-    with pytest.raises(ValueError, match="n_way"):
+    with pytest.raises(ValueError, match="n_way=1201 but .* 1200 characters"):
         train_tasks.sample(2, 1201, 1)
 
 
@@ -476,28 +485,22 @@ def test_maml_on_omniglot_learns_well_above_chance_in_a_short_run(
     assert evaluation["steps"][0]["mean"] < at_test["mean"] - 0.15, evaluation["steps"]
 
 
-def test_run_name_is_the_folder_the_scripts_and_chapters_share():
-    from mamllib.experiments.fewshot import run_name
+def test_run_name_is_the_folder_the_command_line_and_chapters_share():
+    from mamllib.experiments import run_name
+    from mamllib.presets import make_config
 
-    assert run_name("omniglot-20way-5shot") == "07-omniglot/omniglot-20way-5shot"
-    assert (
-        run_name("miniimagenet-5way-1shot", first_order=True)
-        == "08-miniimagenet/miniimagenet-5way-1shot-first-order"
-    )
-    with pytest.raises(ValueError, match="unknown few-shot experiment"):
-        run_name("omniglot-7way-1shot")
-    with pytest.raises(ValueError, match="unknown few-shot experiment"):
-        run_name("sinusoid")
-    # Table 1 has first-order rows for MiniImageNet only.
-    with pytest.raises(ValueError, match="no first-order row for 'omniglot-5way"):
-        run_name("omniglot-5way-1shot", first_order=True)
+    config = make_config("omniglot-20way-5shot", "ci")
+    assert run_name(config) == "omniglot-20way-5shot"
+    config = make_config("miniimagenet-5way-1shot", "ci", first_order=True)
+    assert run_name(config) == "miniimagenet-5way-1shot-first-order"
 
 
-def test_the_script_resumes_a_finished_run_without_evaluating_it_again(
+def test_the_command_resumes_a_finished_run_without_evaluating_it_again(
     data, cache, tmp_path
 ):
-    """scripts/train_omniglot.py at the ci preset: a second call on a finished run
-    trains nothing and leaves metrics.json alone (a lent GPU's minutes go to training);
+    """``python -m mamllib train omniglot-5way-1shot`` at the ci preset: a second call
+    on a finished run trains nothing and leaves metrics.json alone (GPU minutes go to
+    training);
     --reevaluate evaluates the same weights again and gets the same numbers, which is
     why skipping is safe; a run retrained from scratch is evaluated again."""
     import os
@@ -509,7 +512,7 @@ def test_the_script_resumes_a_finished_run_without_evaluating_it_again(
     env = {
         **os.environ,
         "MAMLLIB_RESULTS": str(tmp_path),
-        om.CACHE_ENV: str(cache),
+        CACHE_ENV: str(cache),
         "MAMLLIB_PROGRESS": "0",
         "OMP_NUM_THREADS": "1",
     }
@@ -517,7 +520,8 @@ def test_the_script_resumes_a_finished_run_without_evaluating_it_again(
 
     def script(*extra):
         proc = subprocess.run(
-            [sys.executable, "scripts/train_omniglot.py", "--preset", "ci", *extra],
+            [sys.executable, "-m", "mamllib", "train", "omniglot-5way-1shot"]
+            + ["--preset", "ci", *extra],
             cwd=repo_root(),
             env=env,
             capture_output=True,
@@ -527,7 +531,7 @@ def test_the_script_resumes_a_finished_run_without_evaluating_it_again(
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    metrics = tmp_path / "07-omniglot/omniglot-5way-1shot/ci/seed-0/metrics.json"
+    metrics = tmp_path / "omniglot-5way-1shot/ci/seed-0/metrics.json"
     first = script()
     assert "accuracy after 3 steps" in first, first
     before = (metrics.stat().st_mtime_ns, read_json(metrics))

@@ -44,18 +44,24 @@ import csv
 import io
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mamllib.batch import Batch, split_episodes
-from mamllib.data.omniglot import CACHE_ENV, DATA_ENV, cache_dir
-from mamllib.runs import write_json
+from mamllib.data.store import (
+    CACHE_ENV,
+    CACHE_FIX,
+    DATA_ENV,
+    atomic_path,
+    cache_dir,
+    remove_stale_temp_files,
+    reserve_space,
+    write_json,
+)
+from mamllib.tasks import Episodes, EpisodeSampler, SplitSizes
 
 SPLITS = ("train", "val", "test")
 N_CLASSES = {"train": 64, "val": 16, "test": 20}
@@ -307,16 +313,11 @@ def load_miniimagenet(
     Returns:
         A :class:`MiniImagenet` whose images are memory-mapped from the cache.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    if images_per_class is not None and not 1 <= images_per_class <= IMAGES_PER_CLASS:
-        raise ValueError(
-            f"images_per_class={images_per_class} must be in 1..{IMAGES_PER_CLASS} "
-            "(or None for all)"
-        )
-    n_images = images_per_class or IMAGES_PER_CLASS
+    sizes = split_sizes(split, images_per_class)
+    n_images = sizes.n_images
     shape = (N_CLASSES[split], n_images, IMAGE_SIZE, IMAGE_SIZE, 3)
     path = cache_file(split, images_per_class, cache)
+    remove_stale_temp_files(path)  # left by a build that was killed
     if not rebuild and path.is_file():
         data = _read_cache(path, shape)
         if data is not None:
@@ -367,116 +368,82 @@ def _check_disjoint(folder: Path, split: str, classes: dict[str, list[str]]) -> 
 def _build_cache(path, shape, source, labels, files) -> None:
     """Decode into a memory-mapped temporary ``.npy``; rename it into place at the end.
 
+    The whole file is reserved on disk before the first image is decoded: a disk
+    too small fails at once with the size needed, not with a bus error halfway.
     The ``.json`` is written after the rename; a cache whose ``.json`` is missing or
     does not match is rebuilt, so a crash at any point leaves nothing trusted.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        for i, label in enumerate(labels):
-            for j, name in enumerate(files[i]):
-                out[i, j] = decode_image(source.read(label, name), name)
-        out.flush()
-        del out
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        try:
+            reserve_space(tmp, os.path.getsize(tmp), path, CACHE_FIX)
+            for i, label in enumerate(labels):
+                for j, name in enumerate(files[i]):
+                    out[i, j] = decode_image(source.read(label, name), name)
+            out.flush()
+        finally:
+            del out
 
 
-@dataclass
-class Episodes(Batch):
-    """A meta-batch of N-way K-shot MiniImageNet tasks, stacked on a task axis.
+def split_sizes(
+    split: str = "train", images_per_class: int | None = None
+) -> SplitSizes:
+    """How many classes and images one split offers an episode, without any file.
 
-    Shapes: ``x_support`` ``[n_tasks, n_way * k_shot, 3, 84, 84]`` float in [0, 1],
-    ``y_support`` ``[n_tasks, n_way * k_shot]`` int64, class-major (K examples of
-    label 0, then label 1...); ``x_query``/``y_query`` likewise with ``n_query`` per
-    class. ``classes`` ``[n_tasks, n_way]`` is the split's class index behind each
-    label, ``examples`` ``[n_tasks, n_way, k_shot + n_query]`` the image indices
-    within each class, support first.
+    Args:
+        split: ``"train"`` (64 classes), ``"val"`` (16) or ``"test"`` (20).
+        images_per_class: the images cached per class (None: all 600).
+
+    Returns:
+        The split's :class:`~mamllib.tasks.SplitSizes`.
     """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if images_per_class is not None and not 1 <= images_per_class <= IMAGES_PER_CLASS:
+        raise ValueError(
+            f"images_per_class={images_per_class} must be in 1..{IMAGES_PER_CLASS} "
+            "(or None for all)"
+        )
+    n_images = images_per_class or IMAGES_PER_CLASS
+    subset = n_images < IMAGES_PER_CLASS
+    return SplitSizes(
+        dataset="MiniImageNet",
+        split=split,
+        n_sources=N_CLASSES[split],
+        n_images=n_images,
+        images_detail=(
+            f"images_per_class={n_images} of {IMAGES_PER_CLASS}" if subset else ""
+        ),
+    )
 
-    x_support: torch.Tensor
-    y_support: torch.Tensor
-    x_query: torch.Tensor
-    y_query: torch.Tensor
-    classes: torch.Tensor
-    examples: torch.Tensor
 
-
-class MiniImagenetTasks:
+def tasks_for_split(data: MiniImagenet) -> EpisodeSampler:
     """Few-shot episodes over one split, as cbfinn/maml's data generator makes them.
 
     Each task takes ``n_way`` distinct classes of the split in random order (the
-    order gives the labels) and ``k_shot + n_query`` distinct images of each.
+    order gives the labels) and ``k_shot + n_query`` distinct images of each; only
+    those images are read from the memory-mapped cache.
 
     Args:
         data: one split, from :func:`load_miniimagenet`.
+
+    Returns:
+        An :class:`~mamllib.tasks.EpisodeSampler` over ``data.images`` seen
+        channel-first, ``[n_classes, n_images, 3, 84, 84]`` (a view: nothing is
+        copied); episodes are float32 in [0, 1] (uint8 / 255, as cbfinn/maml).
     """
-
-    def __init__(self, data: MiniImagenet):
-        self.data = data
-        self.split = data.split
-
-    def __repr__(self) -> str:
-        return (
-            f"MiniImagenetTasks(split={self.split!r}, classes={self.n_classes}, "
-            f"images_per_class={self.data.images_per_class})"
+    sizes = split_sizes(data.split, data.images_per_class)
+    if data.n_classes != sizes.n_sources:
+        raise ValueError(
+            f"data has {data.n_classes} classes but the {data.split} split has "
+            f"{sizes.n_sources}: load it with load_miniimagenet({data.split!r})"
         )
+    return EpisodeSampler(data.images.transpose(0, 1, 4, 2, 3), sizes)
 
-    @property
-    def n_classes(self) -> int:
-        return self.data.n_classes
 
-    def sample(
-        self,
-        n_tasks: int,
-        n_way: int,
-        k_shot: int,
-        n_query: int = 15,
-        generator: torch.Generator | None = None,
-    ) -> Episodes:
-        """Draw ``n_tasks`` N-way K-shot tasks.
-
-        Args:
-            n_tasks: tasks in the meta-batch (4 for 1-shot, 2 for 5-shot).
-            n_way: N, classes per task.
-            k_shot: K, support images per class.
-            n_query: query images per class (15 in meta-training, paper §5.2).
-            generator: the task stream's own generator (separate from model init).
-
-        Returns:
-            An :class:`Episodes` batch (CPU, float32 images in [0, 1]).
-        """
-        if min(n_tasks, n_way, k_shot, n_query) < 1:
-            raise ValueError(
-                "n_tasks, n_way, k_shot and n_query must be >= 1, got "
-                f"{n_tasks}, {n_way}, {k_shot}, {n_query}"
-            )
-        if n_way > self.n_classes:
-            raise ValueError(
-                f"n_way={n_way} exceeds the {self.n_classes} classes of the "
-                f"{self.split!r} split"
-            )
-        n_images, n_per_class = self.data.images_per_class, k_shot + n_query
-        if n_per_class > n_images:
-            raise ValueError(
-                f"k_shot + n_query = {n_per_class} exceeds the {n_images} images per "
-                "class loaded (images_per_class)"
-            )
-        g = generator
-        # top-k of uniform keys: distinct classes in random order, fresh labels.
-        classes = torch.rand(n_tasks, self.n_classes, generator=g).topk(n_way).indices
-        examples = torch.rand(n_tasks, n_way, n_images, generator=g).argsort(-1)
-        examples = examples[..., :n_per_class]  # [T, N, K + Q], distinct per class
-        # Read only the chosen images from the memory map: [T, N, K + Q, 84, 84, 3]
-        pixels = self.data.images[classes[..., None].numpy(), examples.numpy()]
-        x = torch.from_numpy(pixels).permute(0, 1, 2, 5, 3, 4).float().div_(255)
-        return Episodes(
-            **split_episodes(x, k_shot, n_query), classes=classes, examples=examples
-        )
+MiniImagenetTasks = tasks_for_split  # the name the chapter and the scripts call
 
 
 __all__ = [
@@ -487,4 +454,6 @@ __all__ = [
     "MiniImagenetDataError",
     "MiniImagenetTasks",
     "load_miniimagenet",
+    "split_sizes",
+    "tasks_for_split",
 ]

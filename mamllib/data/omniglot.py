@@ -59,12 +59,10 @@ training classes), within each split, so a rotated test character stays in test.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -74,11 +72,16 @@ from urllib.request import urlopen
 import numpy as np
 import torch
 
-from mamllib.batch import Batch, split_episodes
-from mamllib.runs import save_torch
+from mamllib.data.store import (
+    DATA_ENV,
+    atomic_path,
+    cache_dir,
+    file_digest,
+    remove_stale_temp_files,
+    save_torch,
+)
+from mamllib.tasks import EpisodeSampler, SplitSizes
 
-DATA_ENV = "MAMLLIB_DATA"
-CACHE_ENV = "MAMLLIB_CACHE"
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 ARCHIVES = ("images_background.zip", "images_evaluation.zip")
 URLS = {name: BASE_URL + name for name in ARCHIVES}
@@ -120,22 +123,6 @@ def _fix_hint() -> str:
         f"{DATA_ENV}=<folder> (or pass root=<folder>), or let mamllib download "
         f"them from {BASE_URL}."
     )
-
-
-def cache_dir(path: str | Path | None = None) -> Path:
-    """Where downloads and the preprocessed tensor go.
-
-    Args:
-        path: an explicit folder; else ``$MAMLLIB_CACHE``, else ``~/.cache/mamllib``.
-
-    Returns:
-        The folder (not created here).
-    """
-    if path is not None:
-        return Path(path)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path.home() / ".cache" / "mamllib"
 
 
 def local_dir(root: str | Path | None = None) -> Path | None:
@@ -214,15 +201,13 @@ def download_archive(name: str, folder: str | Path, timeout: float = 60.0) -> Pa
     if name not in URLS:
         raise ValueError(f"unknown Omniglot archive {name!r}; choose one of {ARCHIVES}")
     url, folder = URLS[name], Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
     alternative = (
         f"If this machine cannot reach GitHub, download {url} elsewhere and put both "
         f"archives in <folder>/omniglot/, then set {DATA_ENV}=<folder>."
     )
-    try:
+    with atomic_path(folder / name) as tmp:
         try:
-            with os.fdopen(fd, "wb") as f, urlopen(url, timeout=timeout) as response:
+            with open(tmp, "wb") as f, urlopen(url, timeout=timeout) as response:
                 shutil.copyfileobj(response, f, 1 << 20)
                 f.flush()
                 os.fsync(f.fileno())
@@ -238,35 +223,24 @@ def download_archive(name: str, folder: str | Path, timeout: float = 60.0) -> Pa
                 f"Download of {url} is partial: {size:,} of {int(expected):,} bytes. "
                 f"Try again. {alternative}"
             )
-        if not _known_bytes(Path(tmp), name):
+        if not _known_bytes(tmp, name):
             # Unknown bytes (a re-encoded mirror, or the originals if their MD5 here
             # were wrong): accept them only if the content is exactly right.
             try:
-                read_archive(Path(tmp), name)
+                read_archive(tmp, name)
             except OmniglotDataError as exc:
                 raise OmniglotDataError(
                     f"Downloaded {url} ({size:,} bytes, sha256 "
-                    f"{_digest(Path(tmp), 'sha256')}) failed verification: {exc} "
+                    f"{file_digest(tmp, 'sha256')}) failed verification: {exc} "
                     f"{alternative}"
                 ) from exc
-        os.replace(tmp, folder / name)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return folder / name
-
-
-def _digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _known_bytes(path: Path, name: str) -> bool:
     return (
-        _digest(path, "sha256") in KNOWN_SHA256[name]
-        or _digest(path, "md5") in KNOWN_MD5[name]
+        file_digest(path, "sha256") in KNOWN_SHA256[name]
+        or file_digest(path, "md5") in KNOWN_MD5[name]
     )
 
 
@@ -464,6 +438,7 @@ def load_omniglot(
         An :class:`Omniglot` with all 1623 characters.
     """
     path = cache_file(cache)
+    remove_stale_temp_files(path)  # left by a build that was killed
     if not rebuild and path.is_file():
         data = _read_cache(path)
         if data is not None:
@@ -532,35 +507,61 @@ def split_characters(
     return {k: v.sort().values for k, v in splits.items() if len(v) > 0}
 
 
-@dataclass
-class Episodes(Batch):
-    """A meta-batch of N-way K-shot classification tasks, stacked on a task axis.
+def split_sizes(
+    split: str = "train", scheme: str = "paper", rotations: bool = True
+) -> SplitSizes:
+    """How many characters, classes and drawings a split offers, without any file.
 
-    Shapes: ``x_support`` ``[n_tasks, n_way * k_shot, 1, 28, 28]`` float in [0, 1]
-    (ink 1), ``y_support`` ``[n_tasks, n_way * k_shot]`` int64 in ``0..n_way-1``,
-    class-major (K examples of label 0, then label 1, ...); ``x_query``/``y_query``
-    likewise with ``n_query`` per class. ``classes`` ``[n_tasks, n_way]`` is the
-    split's class index behind each label (``character * 4 + quarter_turns`` with
-    rotations) and ``drawings`` ``[n_tasks, n_way, k_shot + n_query]`` the drawer
-    indices used, support first.
+    Args:
+        split: ``"train"``, ``"test"``, or ``"val"`` (``scheme="original"`` only).
+        scheme: see :func:`split_characters`; presets use ``"paper"``.
+        rotations: the 90/180/270 degree rotations count as classes.
+
+    Returns:
+        The split's :class:`~mamllib.tasks.SplitSizes` (paper scheme, rotations:
+        4800 training classes of 1200 characters, 1692 test classes of 423).
     """
+    if scheme not in SPLITS:
+        raise ValueError(
+            f"unknown split scheme {scheme!r}; choose one of {list(SPLITS)}"
+        )
+    counts = dict(zip(("train", "val", "test"), SPLITS[scheme]))
+    if not counts.get(split):
+        hint = " (use scheme='original' for 'val')" if split == "val" else ""
+        present = [k for k, v in counts.items() if v]
+        raise ValueError(
+            f"split {split!r} is not in scheme {scheme!r}; choose one of "
+            f"{present}{hint}"
+        )
+    return SplitSizes(
+        dataset="Omniglot",
+        split=split,
+        n_sources=counts[split],
+        n_images=N_DRAWINGS,
+        variants=4 if rotations else 1,
+        source_word="character",
+        sources_word="characters",
+        images_word="drawings",
+        variants_word="rotations",
+        detail=f"scheme={scheme!r}" + ("" if rotations else ", no rotations"),
+    )
 
-    x_support: torch.Tensor
-    y_support: torch.Tensor
-    x_query: torch.Tensor
-    y_query: torch.Tensor
-    classes: torch.Tensor
-    drawings: torch.Tensor
 
-
-class OmniglotTasks:
+def tasks_for_split(
+    data: Omniglot,
+    split: str = "train",
+    scheme: str = "paper",
+    rotations: bool = True,
+    seed: int = SPLIT_SEED,
+) -> EpisodeSampler:
     """Few-shot episodes over one split of Omniglot, as cbfinn/maml samples them.
 
     Each task takes ``n_way`` distinct characters of the split in random order (the
     order gives the labels), a rotation by 0, 90, 180 or 270 degrees per character,
     and ``k_shot + n_query`` distinct drawings per character. With rotations on, the
     split has 4x as many classes (1200 -> 4800 for meta-training), and a task is
-    ``n_way`` of them, never two rotations of one character.
+    ``n_way`` of them, never two rotations of one character. Without rotations the
+    turn is still drawn (always 0), so the same characters and drawings come up.
 
     Args:
         data: from :func:`load_omniglot`.
@@ -568,103 +569,22 @@ class OmniglotTasks:
         scheme: see :func:`split_characters`; presets use ``"paper"``.
         rotations: add the 90/180/270 degree rotations as classes.
         seed: the split's seed (not the task stream's: pass a generator to sample).
+
+    Returns:
+        An :class:`~mamllib.tasks.EpisodeSampler` whose ``images`` are uint8
+        ``[n_classes, 20, 1, 28, 28]``, class ``c = character * 4 + quarter turns``
+        (counter-clockwise, as tf ``rot90``), and whose ``source_of(classes)`` is the
+        index into :class:`Omniglot` of the character behind each class.
     """
+    sizes = split_sizes(split, scheme, rotations)
+    character_ids = split_characters(scheme, seed, data.n_characters)[split]
+    n_rotations = sizes.variants
+    base = data.images[character_ids]  # [n_chars, 20, 28, 28]
+    # [n_chars, n_rot, 20, 28, 28] -> [n_chars * n_rot, 20, 1, 28, 28]
+    images = torch.stack(
+        [torch.rot90(base, r, dims=(-2, -1)) for r in range(n_rotations)], 1
+    ).flatten(0, 1)
+    return EpisodeSampler(images.unsqueeze(2), sizes, sources=character_ids)
 
-    def __init__(
-        self,
-        data: Omniglot,
-        split: str = "train",
-        scheme: str = "paper",
-        rotations: bool = True,
-        seed: int = SPLIT_SEED,
-    ):
-        splits = split_characters(scheme, seed, data.n_characters)
-        if split not in splits:
-            hint = " (use scheme='original' for 'val')" if split == "val" else ""
-            raise ValueError(
-                f"split {split!r} is not in scheme {scheme!r}; choose one of "
-                f"{list(splits)}{hint}"
-            )
-        self.split, self.scheme = split, scheme
-        self.character_ids = splits[split]
-        self.n_rotations = 4 if rotations else 1
-        base = data.images[self.character_ids]  # [n_chars, 20, 28, 28]
-        # [n_chars, n_rot, 20, 28, 28] -> [n_chars * n_rot, 20, 28, 28]: class
-        # c = character * n_rot + quarter turns (counter-clockwise, as tf rot90).
-        self.images = torch.stack(
-            [torch.rot90(base, r, dims=(-2, -1)) for r in range(self.n_rotations)], 1
-        ).flatten(0, 1)
 
-    def __repr__(self) -> str:
-        return (
-            f"OmniglotTasks(split={self.split!r}, scheme={self.scheme!r}, "
-            f"characters={self.n_characters}, classes={self.n_classes})"
-        )
-
-    @property
-    def n_characters(self) -> int:
-        return len(self.character_ids)
-
-    @property
-    def n_classes(self) -> int:
-        return self.images.shape[0]
-
-    def character_of(self, classes: torch.Tensor) -> torch.Tensor:
-        """Index into :class:`Omniglot` of the character behind each class."""
-        return self.character_ids[classes // self.n_rotations]
-
-    def sample(
-        self,
-        n_tasks: int,
-        n_way: int,
-        k_shot: int,
-        n_query: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Episodes:
-        """Draw ``n_tasks`` N-way K-shot tasks.
-
-        Args:
-            n_tasks: tasks in the meta-batch (32 for 5-way, 16 for 20-way).
-            n_way: N, classes per task.
-            k_shot: K, support drawings per class.
-            n_query: query drawings per class; defaults to K, as cbfinn/maml draws
-                2K drawings per class and splits them K/K. ``k_shot + n_query``
-                must be at most 20.
-            generator: the task stream's own generator (separate from model init).
-
-        Returns:
-            An :class:`Episodes` batch (CPU, float32 images).
-        """
-        n_query = k_shot if n_query is None else n_query
-        if n_tasks < 1 or n_way < 1 or k_shot < 1 or n_query < 1:
-            raise ValueError(
-                "n_tasks, n_way, k_shot and n_query must be >= 1, got "
-                f"{n_tasks}, {n_way}, {k_shot}, {n_query}"
-            )
-        if n_way > self.n_characters:
-            raise ValueError(
-                f"n_way={n_way} exceeds the {self.n_characters} characters of the "
-                f"{self.split!r} split"
-            )
-        if k_shot + n_query > N_DRAWINGS:
-            raise ValueError(
-                f"k_shot + n_query = {k_shot + n_query} exceeds the {N_DRAWINGS} "
-                "drawings per character"
-            )
-        g, n_per_class = generator, k_shot + n_query
-        # top-k of uniform keys: n_way distinct characters in random order, so the
-        # labels 0..n_way-1 are a fresh random permutation in every task.
-        characters = (
-            torch.rand(n_tasks, self.n_characters, generator=g)
-            .topk(n_way, dim=1)
-            .indices
-        )
-        turns = torch.randint(self.n_rotations, (n_tasks, n_way), generator=g)
-        classes = characters * self.n_rotations + turns  # [T, N]
-        drawings = torch.rand(n_tasks, n_way, N_DRAWINGS, generator=g).argsort(-1)
-        drawings = drawings[..., :n_per_class]  # [T, N, K + Q], distinct per class
-        images = self.images[classes[..., None], drawings]  # [T, N, K + Q, 28, 28]
-        x = images.unsqueeze(3).float().div_(255)  # [T, N, K + Q, 1, 28, 28]
-        return Episodes(
-            **split_episodes(x, k_shot, n_query), classes=classes, drawings=drawings
-        )
+OmniglotTasks = tasks_for_split  # the name the chapter and the scripts call

@@ -101,6 +101,7 @@ def train_maml(
     run folder (``selection-maml.pt``), so a resumed run selects as an uninterrupted
     one would.
     """
+    check_episodes(config)  # before any iteration is spent
     model = model_for(config)
     device = torch.device(config["device"])
     params = init_params(model, make_generator(config["seed"], "init"), device=device)
@@ -391,32 +392,52 @@ def save_results(
     return status
 
 
+def check_episodes(config: dict[str, Any]) -> None:
+    """Refuse an N-way K-shot setting that a split of the data set cannot supply
+    (e.g. ``n_way=500`` on Omniglot), from the split sizes alone, before any data is
+    read or any iteration is spent."""
+    from mamllib.data import check_episode_sizes
+
+    dataset = config["experiment"].split("-")[0]
+    if dataset == "omniglot":
+        splits = ("train", "test")
+        options = {"scheme": config["scheme"], "rotations": config["rotations"]}
+    else:
+        splits = ("train", "val", "test")
+        options = {"images_per_class": config["images_per_class"]}
+    for split in splits:
+        n_query = config["n_query"]
+        if split != "train":
+            n_query = config.get("n_eval_query") or n_query
+        check_episode_sizes(
+            dataset, split, config["n_way"], config["k_shot"], n_query, **options
+        )
+
+
 def episode_samplers(config: dict[str, Any]) -> dict[str, Any]:
     """The train, validation (MiniImageNet) and test samplers of a config, all
     loaded before training starts, so that a missing or too small split fails
     before any iteration is spent."""
+    check_episodes(config)
     dataset = config["experiment"].split("-")[0]
     if dataset == "omniglot":
-        from mamllib.data.omniglot import OmniglotTasks, load_omniglot
+        from mamllib.data.omniglot import load_omniglot, tasks_for_split
 
         data = load_omniglot()
-        splits = ("train", "test")
-        samplers = {
-            split: OmniglotTasks(
+        return {
+            split: tasks_for_split(
                 data, split, scheme=config["scheme"], rotations=config["rotations"]
             )
-            for split in splits
+            for split in ("train", "test")
         }
-    else:
-        from mamllib.data.miniimagenet import MiniImagenetTasks, load_miniimagenet
+    from mamllib.data.miniimagenet import load_miniimagenet, tasks_for_split
 
-        samplers = {
-            split: MiniImagenetTasks(
-                load_miniimagenet(split, images_per_class=config["images_per_class"])
-            )
-            for split in ("train", "val", "test")
-        }
-    return samplers
+    return {
+        split: tasks_for_split(
+            load_miniimagenet(split, images_per_class=config["images_per_class"])
+        )
+        for split in ("train", "val", "test")
+    }
 
 
 def train_and_evaluate(
@@ -425,6 +446,7 @@ def train_and_evaluate(
     time_limit_s: float | None = None,
     reevaluate: bool = False,
     evaluate_only: bool = False,
+    samplers: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Meta-train (resuming), evaluate on the test split and write the results.
 
@@ -433,7 +455,7 @@ def train_and_evaluate(
     again unless ``reevaluate`` (:func:`already_evaluated`). Returns the metrics
     written, or None when nothing was evaluated.
     """
-    samplers = episode_samplers(config)
+    samplers = samplers or episode_samplers(config)
     name = run_name(config)
     if evaluate_only and not run.checkpoint("maml").exists():
         raise FileNotFoundError(
