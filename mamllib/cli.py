@@ -28,6 +28,7 @@ import re
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ import torch
 from mamllib import distributed, report
 from mamllib.experiments import domain, run_name
 from mamllib.presets import PRESET_NAMES, PRESETS, make_config
-from mamllib.runs import RunFolder, repo_root
+from mamllib.runs import RUN_RECORD_ENV, RunFolder, repo_root
 
 
 class UsageError(Exception):
@@ -289,19 +290,31 @@ def run_notebook(
         raise UsageError(
             f"--preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}"
         )
-    run = RunFolder(notebook.stem, preset, seed)
     # The preset given here must win: the environment variable would override it.
     os.environ.pop("MAMLLIB_PRESET", None)
+    record = Path(tempfile.mkdtemp()) / "runs.txt"
+    os.environ[RUN_RECORD_ENV] = str(record)
+    output = record.with_name("executed.ipynb")
     start = time.perf_counter()
-    papermill.execute_notebook(
-        str(notebook),
-        str(run.file("executed.ipynb")),
-        parameters={"preset": preset, "seed": seed, **parameters},
-        cwd=str(notebook.parent.resolve()),
-        kernel_name=kernel,
-        progress_bar=False,
-        log_output=True,
-    )
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters={"preset": preset, "seed": seed, **parameters},
+            cwd=str(notebook.parent.resolve()),
+            kernel_name=kernel,
+            progress_bar=False,
+            log_output=True,
+        )
+    finally:
+        os.environ.pop(RUN_RECORD_ENV, None)
+    # The run folder the notebook opened (its first), else one named after it.
+    run = RunFolder(notebook.stem, preset, seed)
+    opened = record.read_text().split() if record.exists() else []
+    if opened:
+        run.path = Path(opened[0])
+    shutil.move(output, run.file("executed.ipynb"))
+    shutil.rmtree(record.parent, ignore_errors=True)
     return run, time.perf_counter() - start
 
 

@@ -186,6 +186,12 @@ def handle_interrupts(run: RunFolder) -> None:
     sys.excepthook = hook
 
 
+# Set by ``python -m mamllib run``: a file to which start_run appends the run folder it
+# opens, so that the driver puts the executed notebook and the artifact where the
+# notebook's results are.
+RUN_RECORD_ENV = "MAMLLIB_RUN_RECORD"
+
+
 def start_run(notebook: str, config: dict[str, Any]) -> RunFolder:
     """Open the run folder for ``notebook`` at the config's preset and seed.
 
@@ -195,4 +201,7 @@ def start_run(notebook: str, config: dict[str, Any]) -> RunFolder:
     torch.manual_seed(config.get("seed", 0))
     run = RunFolder(notebook, config["preset"], config.get("seed", 0))
     run.write_json("config.json", config)
+    if os.environ.get(RUN_RECORD_ENV):  # the headless driver asks where the run went
+        with open(os.environ[RUN_RECORD_ENV], "a") as record:
+            record.write(f"{run.path}\n")
     return run

@@ -331,7 +331,7 @@ def save_results(
     config: dict[str, Any],
     result: FitResult,
     evaluation: dict[str, Any],
-    evaluation_wall_time_s: float,
+    evaluation_wall_time_s: float | None = None,
     **facts: Any,
 ) -> str:
     """Write a run's ``metrics.json``, ``history.json``, final weights and its row of
@@ -360,7 +360,9 @@ def save_results(
             **facts,
             "iterations": result.iterations,
             "training_wall_time_s": round(result.wall_time_s, 1),
-            "evaluation_wall_time_s": round(evaluation_wall_time_s, 1),
+            "evaluation_wall_time_s": None
+            if evaluation_wall_time_s is None
+            else round(evaluation_wall_time_s, 1),
             "device": device_description(config["device"]),
             "test_accuracy": at,
             "steps": evaluation["steps"],
