@@ -49,7 +49,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _positive_int(flag: str):
+def _int_at_least(flag: str, low: int = 1):
+    """An argparse type: an integer >= ``low``, the flag named in the error."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -57,8 +59,8 @@ def _positive_int(flag: str):
             raise argparse.ArgumentTypeError(
                 f"{flag} takes an integer, got {text!r}"
             ) from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}, got {value}")
         return value
 
     return parse
@@ -350,23 +352,11 @@ def _command_line(words: list[str]) -> str:
 def _common(parser, preset: str = "paper") -> None:
     parser.add_argument("experiment", type=_experiment, help="e.g. omniglot-5way-1shot")
     parser.add_argument("--preset", default=preset, choices=PRESET_NAMES)
-    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--seed", type=_int_at_least("--seed", 0), default=0)
     parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1")
     parser.add_argument(
         "--first-order", action="store_true", help="first-order MAML (its own run)"
     )
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--seed takes an integer, got {text!r}"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--seed must be >= 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         _common(p)
         p.add_argument("--methods", nargs="+", default=None, help="default: all")
-        p.add_argument("--threads", type=_positive_int("--threads"), default=None)
-        p.add_argument("--sim-threads", type=_positive_int("--sim-threads"))
+        p.add_argument("--threads", type=_int_at_least("--threads"), default=None)
+        p.add_argument("--sim-threads", type=_int_at_least("--sim-threads"))
         if name == "train":
             p.add_argument(
                 "--time-limit",
@@ -394,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
             p.add_argument(
                 "--iterations",
-                type=_positive_int("--iterations"),
+                type=_int_at_least("--iterations"),
                 help="train to this iteration (the run folder stays the "
                 "preset's, so a later call without it continues)",
             )
@@ -426,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: every run with a partial paper artifact",
     )
     pp.add_argument("--device", default="cuda")
-    pp.add_argument("--seed", type=_seed, default=0)
+    pp.add_argument("--seed", type=_int_at_least("--seed", 0), default=0)
     pp.add_argument(
         "--time-budget",
         type=_seconds,
@@ -436,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="execute a notebook headlessly with papermill")
     r.add_argument("notebook", type=Path)
     r.add_argument("--preset", default="book", choices=PRESET_NAMES)
-    r.add_argument("--seed", type=_seed, default=0)
+    r.add_argument("--seed", type=_int_at_least("--seed", 0), default=0)
     r.add_argument(
         "-p",
         "--parameter",
