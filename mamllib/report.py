@@ -1,10 +1,10 @@
 """The one writer of results: a run's metrics, history, weights and reproduction rows,
 and the committed artifacts made from runs (with a manifest).
 
-Every experiment, script and notebook writes through :func:`write_results`, so every
+Every experiment and chapter writes through :func:`write_results`, so every
 ``metrics.json`` opens with the same ``status`` (:func:`mamllib.paper.run_status`) and
-every ``reproduction.json`` row has the same fields, which the book's reproduction
-page reads (:func:`read_rows`).
+every ``reproduction.json`` row has the same fields (:data:`ROW_FIELDS`), which the
+book's reproduction page reads.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from mamllib.runs import (
     read_json,
     repo_root,
     save_torch,
-    write_json,
     write_manifest,
 )
 
@@ -165,17 +164,3 @@ def make_artifact(
         **({"previous": previous} if previous else {}),
     )
     return target
-
-
-def read_rows(root: Path | None = None) -> list[dict[str, Any]]:
-    """Every committed artifact's reproduction rows, each with its ``artifact``."""
-    rows = []
-    artifacts = (root or repo_root()) / "artifacts"
-    for path in sorted(artifacts.glob("*/reproduction.json")):
-        rows += [{**r, "artifact": path.parent.name} for r in read_json(path)]
-    return rows
-
-
-def write_table(path: Path, rows: list[Mapping[str, Any]]) -> Path:
-    """Write rows as JSON (e.g. a comparison a chapter reads); returns the path."""
-    return write_json(path, [dict(r) for r in rows])

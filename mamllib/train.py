@@ -15,6 +15,7 @@ where it stopped and reaches the same numbers as an uninterrupted one
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
@@ -176,6 +177,11 @@ class AdamStep(OuterStep):
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state)
+
+
+def checkpoint_iteration(checkpoint: str | Path) -> int:
+    """The iteration a checkpoint reached (to resume a run without training it)."""
+    return torch.load(checkpoint, weights_only=False, map_location="cpu")["iteration"]
 
 
 def load_checkpoint(
@@ -362,11 +368,10 @@ def fit(
         FloatingPointError: the loss or the parameters became NaN/inf, or the loss
             diverged; the message says which checkpoint, if any, is kept.
     """
+    params = detach_params(params)
     if not isinstance(step, OuterStep):
         if outer_lr is None:
             raise ValueError("fit needs outer_lr to minimise an objective with Adam")
-    params = detach_params(params)
-    if not isinstance(step, OuterStep):
         step = AdamStep(step, params, outer_lr, clip_grad)
     keep_freed_memory()  # big activations reused, not re-faulted (fast/allocator.py)
     main = distributed.is_main()
@@ -438,7 +443,7 @@ def fit(
     if on_checkpoint is not None and start > 0 and start % checkpoint_every == 0:
         on_checkpoint(start, params)
     lock = RunLock(checkpoint) if checkpoint is not None and main else None
-    with _Signals(), lock or _no_lock():
+    with _Signals(), lock or contextlib.nullcontext():
         try:
             for iteration in range(start, n_iterations):
                 generator_before = generator.get_state()
@@ -497,11 +502,3 @@ def fit(
         wall,
         resumed_from,
     )
-
-
-class _no_lock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass

@@ -28,7 +28,7 @@ from mamllib.models import Conv4, Params, detach_params, forward, init_params
 from mamllib.presets import PRESETS
 from mamllib.runs import RunFolder, device_description, read_json, save_torch
 from mamllib.tasks import make_generator
-from mamllib.train import FitResult, fit, meta_objective
+from mamllib.train import FitResult, checkpoint_iteration, fit, meta_objective
 
 DATASETS = {"omniglot": "Omniglot", "miniimagenet": "MiniImageNet"}
 
@@ -464,7 +464,10 @@ def train_and_evaluate(
             f"no checkpoint at {run.checkpoint('maml')}: train first"
         )
     if evaluate_only:
-        config = {**config, "n_iterations": _checkpoint_iteration(run)}
+        config = {
+            **config,
+            "n_iterations": checkpoint_iteration(run.checkpoint("maml")),
+        }
     result = train_maml(
         config,
         samplers["train"],
@@ -492,8 +495,3 @@ def train_and_evaluate(
         }
     save_results(run, config, result, evaluation, time.perf_counter() - t0, **facts)
     return read_json(run.file("metrics.json"))
-
-
-def _checkpoint_iteration(run: RunFolder) -> int:
-    state = torch.load(run.checkpoint("maml"), weights_only=False, map_location="cpu")
-    return state["iteration"]
