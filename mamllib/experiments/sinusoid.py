@@ -29,7 +29,7 @@ from mamllib.models import MLP, Params, init_params
 from mamllib.presets import PRESETS
 from mamllib.runs import RunFolder
 from mamllib.tasks import SinusoidTasks, make_generator
-from mamllib.train import FitResult, fit, meta_objective
+from mamllib.train import FitResult, checkpoint_iteration, fit, meta_objective
 
 # Settings that do not change what training computes: a checkpoint stays valid if only
 # these differ (so a partial run can be continued to more iterations, or re-evaluated).
@@ -251,18 +251,15 @@ def train_and_evaluate(
         raise ValueError(f"unknown methods {unknown}; choose among {list(METHODS)}")
     results = {}
     for method in METHODS:
-        if method not in methods and not run.checkpoint(method).exists():
+        train = method in methods and not evaluate_only
+        if not train and not run.checkpoint(method).exists():
+            if evaluate_only:
+                raise FileNotFoundError(f"no checkpoint at {run.checkpoint(method)}")
             continue
-        if evaluate_only and not run.checkpoint(method).exists():
-            raise FileNotFoundError(f"no checkpoint at {run.checkpoint(method)}")
-        limit = (
-            config if not evaluate_only else {**config, **_at_checkpoint(run, method)}
-        )
+        # A method this call does not train is read as its checkpoint left it.
+        settings = config if train else {**config, **_at_checkpoint(run, method)}
         results[method] = train_method(
-            method,
-            limit,
-            run,
-            time_limit_s=None if method not in methods else time_limit_s,
+            method, settings, run, time_limit_s=time_limit_s if train else None
         )
         r = results[method]
         print(f"{method}: {r.iterations:,} iterations, {r.wall_time_s:.0f} s in all")
@@ -277,8 +274,7 @@ def train_and_evaluate(
 
 def _at_checkpoint(run: RunFolder, method: str) -> dict[str, int]:
     """Iteration settings that make a call train nothing past the checkpoint."""
-    state = torch.load(run.checkpoint(method), weights_only=False, map_location="cpu")
     key = {"maml": "n_iterations", "pretrained": "pretrain_iterations"}.get(
         method, "oracle_iterations"
     )
-    return {key: state["iteration"]}
+    return {key: checkpoint_iteration(run.checkpoint(method))}
