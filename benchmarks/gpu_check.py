@@ -71,14 +71,14 @@ def main() -> None:
     print(json.dumps(diffs, indent=1))
 
     timings = {}
-    for path in ("loop", "vmap"):
+    for strategy in ("loop", "vmap"):
         for first_order in (False, True):
             p = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
             opt = torch.optim.Adam(p.values(), lr=1e-3)
 
-            def step(p=p, opt=opt, first_order=first_order, path=path):
+            def step(p=p, opt=opt, first_order=first_order, strategy=strategy):
                 _, g = meta_gradient(
-                    model, p, tasks, mse_loss, 0.01, 1, first_order, path
+                    model, p, tasks, mse_loss, 0.01, 1, first_order, strategy
                 )
                 for k in p:
                     p[k].grad = g[k]
@@ -94,7 +94,7 @@ def main() -> None:
                     step()
                 torch.cuda.synchronize()
                 runs.append((time.perf_counter() - t0) / 50 * 1000)
-            name = f"{path} {'1st' if first_order else '2nd'}"
+            name = f"{strategy} {'1st' if first_order else '2nd'}"
             timings[name] = statistics.median(runs)
             print(f"{name}: {timings[name]:.2f} ms per meta-iteration (median of 5x50)")
     report["ms_per_meta_iteration"] = timings

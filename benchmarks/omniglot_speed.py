@@ -14,7 +14,7 @@ Settings, the paper's (App. A.1), second order, Adam (lr 1e-3) step included:
 Images are random sparse binary ``[1, 28, 28]`` tensors (see :func:`random_tasks`).
 Variants, each timed alone:
 
-* mamllib ``meta_gradient(..., path=...)`` for ``loop`` (per task, autograd),
+* mamllib ``meta_gradient(..., strategy=...)`` for ``loop`` (per task, autograd),
   ``vmap`` (``torch.func``), ``batched`` (tasks folded into the channels of one
   grouped convolution, :meth:`mamllib.models.Conv4.forward_tasks`), ``threads``
   (the batched path, tasks shared among CPU threads) and ``batched-native`` (the
@@ -90,17 +90,17 @@ def random_tasks(n_tasks: int, n_way: int, generator: torch.Generator) -> TaskBa
     return TaskBatch(x_support, labels, x_query, labels.clone(), unused, unused)
 
 
-def mamllib_step(path, n_way, inner_lr, n_inner_steps, params):
+def mamllib_step(strategy, n_way, inner_lr, n_inner_steps, params):
     """A meta-iteration with mamllib: ``step(tasks)`` = meta-gradient + Adam step.
 
-    ``path`` ``"batched-native"`` is the batched path without the mirrored padding,
+    ``strategy`` ``"batched-native"`` is the batched path without the mirrored padding,
     so on PyTorch's own kernels (``F.pad``, its grouped convolution and
     ``F.batch_norm``) instead of :mod:`mamllib.fast.convolution` and
     :mod:`mamllib.fast.normalization`: what those gain, measured in the same run.
     """
     model = Conv4(n_way)
-    if path == "batched-native":
-        model.mirrored_padding, path = None, "batched"
+    if strategy == "batched-native":
+        model.mirrored_padding, strategy = None, "batched"
     params = detach_params(params)
     opt = torch.optim.Adam(params.values(), lr=OUTER_LR)
 
@@ -112,7 +112,7 @@ def mamllib_step(path, n_way, inner_lr, n_inner_steps, params):
             cross_entropy_loss,
             inner_lr,
             n_inner_steps,
-            path=path,
+            strategy=strategy,
         )
         for k, p in params.items():
             p.grad = grads[k]
@@ -243,7 +243,7 @@ def higher_gap(params, tasks, n_way, inner_lr, n_inner_steps) -> float:
         cross_entropy_loss,
         inner_lr,
         n_inner_steps,
-        path="loop",
+        strategy="loop",
     )
     return relative_gap(model.grads_as_mamllib(), reference)
 
@@ -354,18 +354,18 @@ def main() -> None:
                     ratios[f"{setting}: {name} / {fastest}"] = ratio
                     print(f"{name} / {fastest}: {ratio:.2f}x")
             if not args.no_profile:
-                path = fastest.removeprefix("mamllib-")
+                strategy = fastest.removeprefix("mamllib-")
                 tasks, profiled = task_batches[0], fastest
-                if path == "threads":
+                if strategy == "threads":
                     # The profiler sees only the calling thread: profile the first
                     # thread's share instead (as meta_loss_threads splits the
                     # tasks), the batched path on one thread.
                     share = torch.arange(n_tasks).tensor_split(args.threads)[0]
-                    tasks, path = tasks.subset(share), "batched"
+                    tasks, strategy = tasks.subset(share), "batched"
                     profiled = f"mamllib-batched, one thread, {len(share)} tasks"
                     torch.set_num_threads(1)
                 table = profile_top_ops(
-                    mamllib_step(path, n_way, inner_lr, n_steps, params), tasks
+                    mamllib_step(strategy, n_way, inner_lr, n_steps, params), tasks
                 )
                 torch.set_num_threads(args.threads)  # as set for the timings
                 profiles[setting] = {"variant": profiled, "table": table}

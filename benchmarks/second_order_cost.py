@@ -296,7 +296,7 @@ def write(args, results: list[dict], started: float, final: bool = False) -> Non
     report = {
         "what": __doc__.splitlines()[0],
         "shapes": PAPER_SHAPES,
-        "path": "batched (checkpointed: per-task loop with torch.utils.checkpoint)",
+        "strategy": "batched (checkpointed: per-task loop with torch.utils.checkpoint)",
         "device": args.device,
         "threads": args.threads,
         "allocator": args.allocator,

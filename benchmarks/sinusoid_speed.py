@@ -12,8 +12,8 @@ Adam (lr 1e-3) as the outer optimiser.
 One meta-iteration = the meta-gradient over the meta-batch plus one Adam step. Timed,
 second and first order each:
 
-* mamllib ``meta_gradient(..., path="loop")`` (per-task loop, ``torch.autograd``);
-* mamllib ``meta_gradient(..., path="vmap")`` (``torch.func.grad`` + ``vmap``);
+* mamllib ``meta_gradient(..., strategy="loop")`` (per-task loop, ``torch.autograd``);
+* mamllib ``meta_gradient(..., strategy="vmap")`` (``torch.func.grad`` + ``vmap``);
 * ``higher`` (optional): ``innerloop_ctx(model, SGD, copy_initial_weights=False)`` on
   an ``nn.Sequential``, a per-task loop with each query loss backpropagated as in
   higher's MAML example; first order detaches the inner gradients through
@@ -56,7 +56,7 @@ INNER_LR, OUTER_LR = 0.01, 1e-3
 N_TASK_BATCHES = 4  # every variant cycles through the same few meta-batches
 
 
-def mamllib_step(path, first_order, n_inner_steps, params):
+def mamllib_step(strategy, first_order, n_inner_steps, params):
     """A meta-iteration with mamllib: ``step(tasks)`` = meta-gradient + Adam step."""
     model = MLP(SIZES)
     params = detach_params(params)
@@ -71,7 +71,7 @@ def mamllib_step(path, first_order, n_inner_steps, params):
             INNER_LR,
             n_inner_steps,
             first_order,
-            path=path,
+            strategy=strategy,
         )
         for k, p in params.items():
             p.grad = grads[k]
@@ -131,7 +131,7 @@ def loop_meta_gradient(params, tasks, first_order, n_inner_steps):
         INNER_LR,
         n_inner_steps,
         first_order,
-        path="loop",
+        strategy="loop",
     )[1]
 
 
@@ -190,9 +190,9 @@ def main() -> None:
 
     variants = {}
     for order, first_order in (("2nd", False), ("1st", True)):
-        for path in ("loop", "vmap"):
-            variants[f"mamllib-{path} {order}"] = mamllib_step(
-                path, first_order, n, params
+        for strategy in ("loop", "vmap"):
+            variants[f"mamllib-{strategy} {order}"] = mamllib_step(
+                strategy, first_order, n, params
             )
     checks = {}  # max |meta-gradient difference|, on the first task batch
     if higher is None:

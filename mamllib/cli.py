@@ -99,7 +99,7 @@ def _config(args, preset: str | None = None) -> dict:
     overrides = {
         "seed": args.seed,
         "device": distributed.local_device(args.device) if args.device else None,
-        "path": getattr(args, "path", None),
+        "strategy": getattr(args, "strategy", None),
         "first_order": True if getattr(args, "first_order", False) else None,
         "n_iterations": getattr(args, "iterations", None),
     }
@@ -216,7 +216,7 @@ def paper(args) -> int:
             seed=args.seed,
             device=args.device,
             first_order=first_order,
-            path=None,
+            strategy=None,
             iterations=None,
         )
         plans.append((name, ns, _config(ns, "paper")))
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "preset's, so a later call without it continues)",
             )
             p.add_argument(
-                "--path",
+                "--strategy",
                 default=None,
                 help="loop | vmap | batched | threads (the preset's default)",
             )

@@ -280,8 +280,8 @@ def meta_loss_batched(
     """
     if not hasattr(model, "forward_tasks"):
         raise ValueError(
-            f"{type(model).__name__} has no forward_tasks(params, x): use path='vmap'"
-            " or path='loop'"
+            f"{type(model).__name__} has no forward_tasks(params, x): use "
+            "strategy='vmap' or strategy='loop'"
         )
     n_tasks = len(tasks)
 
@@ -312,21 +312,23 @@ META_LOSSES = {
     "vmap": meta_loss_vmap,
     "batched": meta_loss_batched,
 }
-PATHS = (*META_LOSSES, "threads")
+STRATEGIES = (*META_LOSSES, "threads")
 
 
-def meta_loss_of(path: str) -> Callable[..., torch.Tensor]:
-    """The meta-objective function that computes ``path``; a clear error for others.
+def meta_loss_of(strategy: str) -> Callable[..., torch.Tensor]:
+    """The meta-objective function of a compute ``strategy``; a clear error for others.
 
     ``"threads"`` lives with the other CPU speed-ups (:mod:`mamllib.fast.threads`).
     """
-    if path == "threads":
+    if strategy == "threads":
         from mamllib.fast.threads import meta_loss_threads
 
         return meta_loss_threads
-    if path not in META_LOSSES:
-        raise ValueError(f"path must be one of {list(PATHS)}, got {path!r}")
-    return META_LOSSES[path]
+    if strategy not in META_LOSSES:
+        raise ValueError(
+            f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}"
+        )
+    return META_LOSSES[strategy]
 
 
 def meta_gradient(
@@ -337,17 +339,17 @@ def meta_gradient(
     inner_lr: float,
     n_inner_steps: int,
     first_order: bool = False,
-    path: str = "vmap",
+    strategy: str = "vmap",
 ) -> tuple[torch.Tensor, Params]:
     """The meta-loss and its gradient w.r.t. ``params`` (a dict like ``params``).
 
     Args:
-        path: ``"vmap"`` (fast), ``"loop"`` (readable), ``"batched"`` (fast
-            without vmap, for models with ``forward_tasks``) or ``"threads"``
-            (the batched path with the tasks shared among CPU threads); tests
-            prove they agree.
+        strategy: how to compute it: ``"vmap"`` (fast), ``"loop"`` (readable),
+            ``"batched"`` (fast without vmap, for models with ``forward_tasks``) or
+            ``"threads"`` (the batched path with the tasks shared among CPU threads);
+            tests prove they agree.
     """
-    loss = meta_loss_of(path)(
+    loss = meta_loss_of(strategy)(
         model, params, tasks, loss_fn, inner_lr, n_inner_steps, first_order
     )
     grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)

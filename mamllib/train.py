@@ -96,10 +96,10 @@ def meta_objective(
     inner_lr: float,
     n_inner_steps: int,
     first_order: bool = False,
-    path: str = "vmap",
+    strategy: str = "vmap",
 ) -> Objective:
     """MAML's meta-objective as ``objective(params, tasks)`` for :func:`fit`."""
-    meta_loss = meta_loss_of(path)
+    meta_loss = meta_loss_of(strategy)
 
     def objective(params: Params, tasks) -> torch.Tensor:
         return meta_loss(

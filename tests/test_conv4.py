@@ -23,7 +23,7 @@ from mamllib.models import (
 )
 from mamllib.tasks import TaskBatch
 
-FAST_PATHS = ["vmap", "batched"]
+FAST_STRATEGIES = ["vmap", "batched"]
 
 
 def image_tasks(n_tasks, n_way, k_shot, dtype, size=28, channels=1, seed=0):
@@ -282,7 +282,7 @@ def test_forward_tasks_equals_forward_task_by_task():
         )
 
 
-@pytest.mark.parametrize("path", ["loop", *FAST_PATHS])
+@pytest.mark.parametrize("strategy", ["loop", *FAST_STRATEGIES])
 @pytest.mark.parametrize(
     # Without gamma, two steps of this small problem put the loss within 1e-6 of
     # a kink (ReLU): central differences at eps 1e-6 disagree with every path
@@ -291,23 +291,24 @@ def test_forward_tasks_equals_forward_task_by_task():
     [(1, True), (2, True), (1, False)],
 )
 def test_second_order_meta_gradient_matches_finite_differences(
-    path, n_inner_steps, bn_scale
+    strategy, n_inner_steps, bn_scale
 ):
     model, params, tasks = small_problem(bn_scale=bn_scale)
     inner_lr = 0.4
     _, g = meta_gradient(
-        model, params, tasks, cross_entropy_loss, inner_lr, n_inner_steps, path=path
+        model, params, tasks, cross_entropy_loss, inner_lr, n_inner_steps,
+        strategy=strategy,
     )
     assert_matches_finite_differences(
         g, model, params, tasks, cross_entropy_loss, inner_lr, n_inner_steps
     )
 
 
-@pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("strategy", FAST_STRATEGIES)
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("bn_scale", [False, True])
-def test_fast_paths_equal_loop(path, dtype, rtol, first_order, bn_scale):
+def test_fast_paths_equal_loop(strategy, dtype, rtol, first_order, bn_scale):
     """Also guards a known trap: torch 2.13's vmap gets the second-order gradient
     through ``F.batch_norm`` wrong (here 8-25% off with an adapted gamma); the
     elementary batch norm and the batched path are exact."""
@@ -316,22 +317,22 @@ def test_fast_paths_equal_loop(path, dtype, rtol, first_order, bn_scale):
     )
     results = [
         meta_gradient(
-            model, params, tasks, cross_entropy_loss, 0.4, 2, first_order, path=p
+            model, params, tasks, cross_entropy_loss, 0.4, 2, first_order, strategy=p
         )
-        for p in ("loop", path)
+        for p in ("loop", strategy)
     ]
     (loss_loop, g_loop), (loss_fast, g_fast) = results
     torch.testing.assert_close(loss_fast, loss_loop, rtol=rtol, atol=0)
     assert_grads_close(g_fast, g_loop, rtol)
 
 
-@pytest.mark.parametrize("path", ["loop", *FAST_PATHS])
-def test_first_order_is_second_order_minus_hessian_term(path):
+@pytest.mark.parametrize("strategy", ["loop", *FAST_STRATEGIES])
+def test_first_order_is_second_order_minus_hessian_term(strategy):
     """One inner step: g_2nd - g_1st = -alpha H_support(theta) g_query(theta')."""
     model, params, tasks = small_problem(n_tasks=1, bn_scale=True)
     inner_lr, loss_fn = 0.4, cross_entropy_loss
-    _, g2 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, False, path=path)
-    _, g1 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, True, path=path)
+    _, g2 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, False, strategy)
+    _, g1 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, True, strategy)
     xs, ys, xq, yq = (
         tasks.x_support[0],
         tasks.y_support[0],
@@ -370,7 +371,7 @@ def test_batched_path_needs_forward_tasks():
     params = init_params(model, torch.Generator().manual_seed(0))
     tasks = SinusoidTasks().sample(2, 3, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="forward_tasks"):
-        meta_gradient(model, params, tasks, mse_loss, 0.01, 1, path="batched")
+        meta_gradient(model, params, tasks, mse_loss, 0.01, 1, strategy="batched")
 
 
 @pytest.mark.parametrize(
@@ -493,7 +494,7 @@ def test_batch_norm_offset_and_its_derivatives_equal_pytorchs():
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_threads_path_equals_loop_and_uses_threads(first_order):
-    """path='threads': the batched path with the tasks shared among Python
+    """strategy='threads': the batched path with the tasks shared among Python
     threads, one intra-op thread each; float64 against the loop, the threads
     really used, and torch's thread count restored after."""
     import threading

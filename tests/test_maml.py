@@ -22,13 +22,13 @@ def small_problem(dtype=torch.float64, n_tasks=3, k_shot=4, sizes=(1, 6, 5, 1), 
     return model, params, tasks.to("cpu", dtype)
 
 
-@pytest.mark.parametrize("path", ["loop", "vmap"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
 @pytest.mark.parametrize("n_inner_steps", [1, 2])
-def test_second_order_meta_gradient_matches_finite_differences(path, n_inner_steps):
+def test_second_order_meta_gradient_matches_finite_differences(strategy, n_inner_steps):
     model, params, tasks = small_problem()
     inner_lr = 0.05
     _, g = meta_gradient(
-        model, params, tasks, mse_loss, inner_lr, n_inner_steps, path=path
+        model, params, tasks, mse_loss, inner_lr, n_inner_steps, strategy=strategy
     )
     assert_matches_finite_differences(
         g, model, params, tasks, mse_loss, inner_lr, n_inner_steps
@@ -40,24 +40,24 @@ def test_second_order_meta_gradient_matches_finite_differences(path, n_inner_ste
 def test_vmap_path_equals_loop(first_order, n_inner_steps):
     model, params, tasks = small_problem(torch.float32, n_tasks=5, sizes=(1, 40, 40, 1))
     loss_l, g_l = meta_gradient(
-        model, params, tasks, mse_loss, 0.01, n_inner_steps, first_order, path="loop"
+        model, params, tasks, mse_loss, 0.01, n_inner_steps, first_order, "loop"
     )
     loss_v, g_v = meta_gradient(
-        model, params, tasks, mse_loss, 0.01, n_inner_steps, first_order, path="vmap"
+        model, params, tasks, mse_loss, 0.01, n_inner_steps, first_order, "vmap"
     )
     torch.testing.assert_close(loss_v, loss_l, rtol=1e-6, atol=1e-6)
     for k in g_l:
         torch.testing.assert_close(g_v[k], g_l[k], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("path", ["loop", "vmap"])
-def test_first_order_is_second_order_minus_hessian_term(path):
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_first_order_is_second_order_minus_hessian_term(strategy):
     """One inner step: g_2nd = (I - alpha H_support(theta)) g_query(theta'),
     g_1st = g_query(theta'); so g_2nd - g_1st = -alpha H_support g_query."""
     model, params, tasks = small_problem(n_tasks=1)
     inner_lr = 0.1
-    _, g2 = meta_gradient(model, params, tasks, mse_loss, inner_lr, 1, False, path=path)
-    _, g1 = meta_gradient(model, params, tasks, mse_loss, inner_lr, 1, True, path=path)
+    _, g2 = meta_gradient(model, params, tasks, mse_loss, inner_lr, 1, False, strategy)
+    _, g1 = meta_gradient(model, params, tasks, mse_loss, inner_lr, 1, True, strategy)
     xs, ys, xq, yq = (
         tasks.x_support[0],
         tasks.y_support[0],
@@ -125,5 +125,5 @@ def test_one_meta_step_lowers_the_meta_loss():
 
 def test_unknown_path_raises():
     model, params, tasks = small_problem()
-    with pytest.raises(ValueError, match="path"):
-        meta_gradient(model, params, tasks, mse_loss, 0.01, 1, path="fast")
+    with pytest.raises(ValueError, match="strategy"):
+        meta_gradient(model, params, tasks, mse_loss, 0.01, 1, strategy="fast")

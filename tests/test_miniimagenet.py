@@ -382,25 +382,25 @@ def pool_problem(dtype=torch.float64, n_tasks=2, n_way=3, k_shot=1, size=12, see
     return model, params, batch
 
 
-@pytest.mark.parametrize("path", ["loop", "batched"])
-def test_pool_net_meta_gradient_matches_finite_differences(path):
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_pool_net_meta_gradient_matches_finite_differences(strategy):
     model, params, tasks = pool_problem()
     inner_lr, steps = 0.5, 2  # a large step so second-order terms matter
     _, g = meta_gradient(
-        model, params, tasks, cross_entropy_loss, inner_lr, steps, path=path
+        model, params, tasks, cross_entropy_loss, inner_lr, steps, strategy=strategy
     )
     assert_matches_finite_differences(
         g, model, params, tasks, cross_entropy_loss, inner_lr, steps
     )
 
 
-@pytest.mark.parametrize("path", ["loop", "batched"])
-def test_pool_net_first_order_is_second_order_minus_hessian_term(path):
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_pool_net_first_order_is_second_order_minus_hessian_term(strategy):
     """One inner step: g_2nd - g_1st = -alpha H_support(theta) g_query(theta')."""
     model, params, tasks = pool_problem(n_tasks=1)
     inner_lr, loss_fn = 0.5, cross_entropy_loss
-    _, g2 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, False, path=path)
-    _, g1 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, True, path=path)
+    _, g2 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, False, strategy)
+    _, g1 = meta_gradient(model, params, tasks, loss_fn, inner_lr, 1, True, strategy)
     xs, ys, xq, yq = (
         tasks.x_support[0],
         tasks.y_support[0],
@@ -433,7 +433,7 @@ def test_pool_net_fast_paths_equal_loop(first_order):
     model, params, tasks = pool_problem(n_tasks=3, k_shot=2)
     results = {
         p: meta_gradient(
-            model, params, tasks, cross_entropy_loss, 0.1, 2, first_order, path=p
+            model, params, tasks, cross_entropy_loss, 0.1, 2, first_order, strategy=p
         )
         for p in ("loop", "vmap", "batched")
     }

@@ -80,7 +80,7 @@ def test_overrides_apply_and_none_means_use_the_preset(monkeypatch):
         ("meta_batch_size", 0),
         ("n_inner_steps", 0),
         ("first_order", "yes"),
-        ("path", "fast"),
+        ("strategy", "fast"),
         ("seed", -1),
         ("hidden_sizes", []),
     ],

@@ -56,7 +56,7 @@ _NOT_TRAINING = {
     "n_eval_steps",
     "n_test_inner_steps",
     "device",
-    "path",
+    "strategy",
     "n_val_tasks",  # checkpoint selection reads the run, never changes it
     "n_eval_query",
 }
@@ -111,7 +111,7 @@ def train_maml(
         config["inner_lr"],
         config["n_inner_steps"],
         config["first_order"],
-        config["path"],
+        config["strategy"],
     )
 
     def sample_batch(generator):

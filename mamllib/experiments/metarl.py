@@ -54,7 +54,7 @@ _NOT_TRAINING = {
     "n_eval_traj",
     "n_eval_steps",
     "device",
-    "path",
+    "strategy",
     "sim_threads",
 }
 
@@ -198,13 +198,13 @@ def meta_iteration(
             0.0,
             True,
         )
-    meta_objective = META_OBJECTIVES[config["path"]]
+    meta_objective = META_OBJECTIVES[config["strategy"]]
 
     def evaluate(p):
         # Values only: a first-order inner step computes the same numbers cheaper.
         return meta_objective(model, p, pre, post, lr, True)
 
-    if config["path"] == "loop":  # readable: plain autograd, third derivatives
+    if config["strategy"] == "loop":  # readable: plain autograd, third derivatives
         loss, gradient, hvp = direct_problem(
             params, lambda p: meta_objective(model, p, pre, post, lr, first_order)
         )

@@ -46,7 +46,7 @@ _NOT_TRAINING = {
     "n_eval_query",
     "n_eval_steps",
     "device",
-    "path",
+    "strategy",
 }
 
 
@@ -85,7 +85,7 @@ def train_method(
             config["inner_lr"],
             config["n_inner_steps"],
             config["first_order"],
-            config["path"],
+            config["strategy"],
         )
         n_iterations = config["n_iterations"]
     elif method == "pretrained":

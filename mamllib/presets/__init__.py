@@ -110,7 +110,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "inner_lr": _positive_float(),
     "outer_lr": _positive_float(),
     "first_order": (lambda v: isinstance(v, bool), "True or False"),
-    "path": (
+    "strategy": (
         lambda v: v in ("loop", "vmap", "batched", "threads"),
         "'loop', 'vmap', 'batched' or 'threads' (batched and threads: models with "
         "forward_tasks only)",

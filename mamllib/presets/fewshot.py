@@ -17,7 +17,7 @@ OMNIGLOT_COMMON: dict[str, Any] = {
     "outer_lr": 1e-3,  # Adam; cbfinn/maml meta_lr=1e-3
     "n_iterations": 60_000,  # App. A.1
     "first_order": False,  # MAML proper (§5.2)
-    "path": "vmap",  # ours: "loop" is the readable per-task version
+    "strategy": "vmap",  # ours: "loop" is the readable per-task version
     "scheme": "paper",  # §5.2: 1200 training / 423 test characters
     "rotations": True,  # §5.2: rotations by multiples of 90 degrees as new classes
     "n_eval_tasks": 600,  # cbfinn/maml test: 600 tasks, 95% CI
@@ -47,7 +47,7 @@ OMNIGLOT_20WAY = {
     "meta_batch_size": 16,
     # Ours: the fastest path at 20-way on a 2-core CPU (benchmarks/README.md); on a
     # GPU it runs as the batched path.
-    "path": "threads",
+    "strategy": "threads",
 }
 
 
@@ -102,7 +102,7 @@ MINIIMAGENET_COMMON: dict[str, Any] = {
     "first_order": False,  # MAML proper; True is Table 1's first-order row
     # Ours: on a CPU the batched path is faster than vmap at 84x84
     # (benchmarks/README.md).
-    "path": "batched",
+    "strategy": "batched",
     "images_per_class": None,  # all 600 images of every class
     "n_eval_tasks": 600,  # main.py NUM_TEST_POINTS = 600, 95% CI
     "n_eval_steps": 10,  # the curve over 0..10 steps

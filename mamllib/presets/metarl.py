@@ -30,7 +30,7 @@ NAVIGATION_PAPER: dict[str, Any] = {
     "n_iterations": 500,  # App. A.2: "up to 500 meta-iterations"
     "pretrain_iterations": 500,  # ours: TRPO on all tasks jointly, no inner step
     "oracle_iterations": 500,  # ours: TRPO with the goal observed
-    "path": "vmap",  # ours: the fast path; "loop" is the readable per-task version
+    "strategy": "vmap",  # ours: the fast path; "loop" is the readable per-task version
     "n_eval_tasks": 100,  # ours: fresh test goals from a fixed evaluation seed
     "n_eval_traj": 40,  # Figure 4: updates of 40 samples each at evaluation
     "n_eval_steps": 3,  # Figure 4: returns after 0, 1, 2, 3 policy-gradient steps

@@ -19,7 +19,7 @@ PAPER: dict[str, Any] = {
     "outer_lr": 1e-3,  # Adam (§5.1); the paper gives no beta, cbfinn/maml meta_lr=1e-3
     "n_iterations": 70_000,  # cbfinn/maml usage line: --metatrain_iterations=70000
     "first_order": False,  # MAML proper: differentiate through the inner update
-    "path": "vmap",  # ours: the fast path; "loop" is the readable per-task version
+    "strategy": "vmap",  # ours: the fast path; "loop" is the readable per-task version
     "pretrain_iterations": 70_000,  # cbfinn/maml: --pretrain_iterations=70000
     "oracle_iterations": 70_000,  # ours: as long as MAML and pretraining
     # §5.1 baseline (a): fine-tuning "with an automatically tuned step size"; ours:
