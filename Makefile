@@ -13,6 +13,11 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 PRESET ?= book
+# Where pip takes torch from: empty for the package index's default build; e.g.
+# https://download.pytorch.org/whl/cpu for the CPU-only build on a machine without a GPU
+# (much smaller), or a CUDA index (https://download.pytorch.org/whl/cu128) to match a driver.
+TORCH_INDEX ?=
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' requirements.txt)
 # Where datasets are read from (the Omniglot chapter): a local copy if one sits beside the
 # repository, as in CI; otherwise mamllib downloads from the official source.
 ifeq ($(origin MAMLLIB_DATA), undefined)
@@ -29,6 +34,8 @@ setup: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) \
+		--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 \
@@ -67,9 +74,11 @@ NBVAL = MAMLLIB_PRESET=ci CI=true $(BIN)/python -m pytest -q -p tests.nbval_gold
 test-notebooks: $(STAMP)
 	$(NBVAL)
 
-# The book at the ci preset with warnings as errors, so broken references fail.
-BOOK_CI = rm -rf _build && \
-	MAMLLIB_PRESET=ci CI=true $(BIN)/jupyter-book build . --all -W -n --keep-going
+# The book at the ci preset with warnings as errors, so broken references fail. It is
+# built in _build/ci, so that the book `make book` built in _build/html stays.
+BOOK_CI = rm -rf _build/ci && \
+	MAMLLIB_PRESET=ci CI=true $(BIN)/jupyter-book build . --all -W -n --keep-going \
+	--path-output _build/ci
 test-book: $(STAMP)
 	$(BOOK_CI)
 
