@@ -1,11 +1,12 @@
-"""The training loop of every experiment: :func:`fit`, and its outer steps.
+"""The training loop of every experiment: :func:`fit`.
 
 The side effects live here: progress bar, checkpoints, resume, time limit, the NaN
 and divergence guards, Ctrl-C and SIGTERM, a lock on the run, torch.distributed. What
-one iteration computes is an :class:`OuterStep`: :class:`AdamStep` minimises an
-``objective(params, batch)`` (MAML, the pretrained baseline and the oracle are fits
-of different objectives; :func:`meta_objective` builds MAML's); meta-RL plugs in its
-TRPO step (:mod:`mamllib.experiments.metarl`).
+one iteration computes is an :class:`~mamllib.outer_steps.OuterStep`
+(:mod:`mamllib.outer_steps`: Adam on an objective, MAML's meta-objective; meta-RL
+plugs in its TRPO step); reading and locking a checkpoint is
+:mod:`mamllib.checkpoints`, the progress shown is :mod:`mamllib.progress`. The names
+of theirs that the experiments use are importable from here too.
 
 Checkpoints hold the parameters, the outer step's state (Adam's moments), the task
 generator's state, the iteration and the history, so a resumed run continues exactly
@@ -16,9 +17,7 @@ where it stopped and reaches the same numbers as an uninterrupted one
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
-import os
 import signal
 import threading
 import time
@@ -28,52 +27,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from mamllib import distributed
+from mamllib.checkpoints import RunLock, checkpoint_iteration, load_checkpoint
 from mamllib.fast.allocator import keep_freed_memory
-from mamllib.maml import LossFn, meta_loss_of
 from mamllib.models import Params, detach_params
+from mamllib.outer_steps import AdamStep, Objective, OuterStep, meta_objective
+from mamllib.progress import log_checkpoint, progress_enabled
 from mamllib.runs import save_torch
 
-Objective = Callable[[Params, Any], torch.Tensor]
-
-
-def progress_enabled() -> bool:
-    """Progress bars are on unless ``CI`` is set or ``MAMLLIB_PROGRESS`` is ``0`` (or
-    ``lines``: see :func:`progress_lines`)."""
-    if os.environ.get("MAMLLIB_PROGRESS") is not None:
-        off = ("0", "false", "False", "", "lines")
-        return os.environ["MAMLLIB_PROGRESS"] not in off
-    return os.environ.get("CI", "").lower() not in ("1", "true", "yes")
-
-
-def progress_lines() -> bool:
-    """``MAMLLIB_PROGRESS=lines``: no bar, one plain line per checkpoint instead, for
-    the log file of a headless run (``nohup ... > train.log``)."""
-    return os.environ.get("MAMLLIB_PROGRESS") == "lines"
-
-
-def log_checkpoint(
-    desc: str, completed: int, n_iterations: int, start: int, elapsed_s: float, **stats
-) -> None:
-    """With ``MAMLLIB_PROGRESS=lines``, print one line at a checkpoint: where the run
-    is, its speed in this call and the time left at that speed, e.g.
-    ``omniglot-5way-1shot: iteration 36000/60000, loss 0.0123, 0.46 s/it, about 3.1 h
-    left (11:07:35)``. Otherwise nothing."""
-    if not progress_lines():
-        return
-    done = completed - start
-    rate = elapsed_s / done if done else float("nan")
-    left_s = rate * (n_iterations - completed)
-    left = f"{left_s / 3600:.1f} h" if left_s >= 3600 else f"{left_s / 60:.0f} min"
-    shown = "".join(f", {k} {v:.4g}" for k, v in stats.items())
-    print(
-        f"{desc}: iteration {completed}/{n_iterations}{shown}, {rate:.3g} s/it, "
-        f"about {left} left ({time.strftime('%H:%M:%S')})",
-        flush=True,
-    )
+__all__ = [
+    "AdamStep",
+    "FitResult",
+    "Objective",
+    "OuterStep",
+    "checkpoint_iteration",
+    "fit",
+    "meta_objective",
+]
 
 
 @dataclass
@@ -88,183 +60,6 @@ class FitResult:
     # What a caller's checkpoint selection found (e.g. fewshot.train_maml's
     # validation record); None when there was none.
     selection: dict | None = None
-
-
-def meta_objective(
-    model: nn.Module,
-    loss_fn: LossFn,
-    inner_lr: float,
-    n_inner_steps: int,
-    first_order: bool = False,
-    strategy: str = "vmap",
-) -> Objective:
-    """MAML's meta-objective as ``objective(params, tasks)`` for :func:`fit`."""
-    meta_loss = meta_loss_of(strategy)
-
-    def objective(params: Params, tasks) -> torch.Tensor:
-        return meta_loss(
-            model, params, tasks, loss_fn, inner_lr, n_inner_steps, first_order
-        )
-
-    return objective
-
-
-class OuterStep:
-    """One outer update: ``step(params, batch, fraction) -> (params, stats)``.
-
-    ``stats`` names the statistics every call returns (the history's columns).
-
-    ``batch`` is this process's share of the meta-batch and ``fraction`` its share
-    of the tasks (1 in a single process; see :mod:`mamllib.distributed`). ``stats``
-    are floats for the history, the same on every rank; a ``"loss"`` among them is
-    watched by the NaN and divergence guards. ``state_dict``/``load_state_dict``
-    carry what must survive a resume (e.g. Adam's moments).
-    """
-
-    stats: tuple[str, ...] = ()
-
-    def __call__(
-        self, params: Params, batch: Any, fraction: float
-    ) -> tuple[Params, dict[str, float]]:
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-class AdamStep(OuterStep):
-    """Adam on ``objective(params, batch)`` (Algorithm 1, line 10), in place.
-
-    Under torch.distributed the gradients of the ranks' shares are all-reduced
-    before the step, so every rank takes the step of the whole meta-batch.
-
-    Args:
-        clip_grad: clip each gradient element to ``[-clip_grad, clip_grad]``
-            (cbfinn/maml on MiniImageNet), after the all-reduce.
-    """
-
-    stats = ("loss",)
-
-    def __init__(
-        self,
-        objective: Objective,
-        params: Params,
-        outer_lr: float,
-        clip_grad: float | None = None,
-    ):
-        self.objective, self.clip_grad = objective, clip_grad
-        self.optimizer = torch.optim.Adam(params.values(), lr=outer_lr)
-
-    def __call__(self, params, batch, fraction):
-        loss = self.objective(params, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.all_reduce_gradients(params, fraction)
-        value = distributed.all_reduce_mean(loss.item(), fraction, loss.device)
-        if math.isfinite(value):  # a NaN is reported by fit before any step
-            if self.clip_grad is not None:
-                for p in params.values():
-                    if p.grad is not None:
-                        p.grad.clamp_(-self.clip_grad, self.clip_grad)
-            self.optimizer.step()
-        return params, {"loss": value}
-
-    def state_dict(self):
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state):
-        self.optimizer.load_state_dict(state)
-
-
-def checkpoint_iteration(checkpoint: str | Path) -> int:
-    """The iteration a checkpoint reached (to resume a run without training it)."""
-    return torch.load(checkpoint, weights_only=False, map_location="cpu")["iteration"]
-
-
-def load_checkpoint(
-    checkpoint: str | Path,
-    fingerprint: dict[str, Any],
-    n_iterations: int,
-    device: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Read a training checkpoint, refusing one made with other settings.
-
-    Tensors land on ``device`` (a checkpoint written on a GPU resumes on a CPU and
-    back), except the task-stream generator state, which stays on the CPU.
-
-    Raises:
-        ValueError: the file is not a readable checkpoint (the message names it and
-            the fix), its fingerprint differs from ``fingerprint`` (the differing
-            keys are named), or it is already past ``n_iterations``.
-    """
-    try:
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        state["fingerprint"], state["iteration"], state["params"]
-    except Exception as exc:  # torch raises many kinds for a damaged file
-        raise ValueError(
-            f"cannot read the checkpoint {checkpoint} ({type(exc).__name__}: {exc}); "
-            "it is damaged or not a mamllib checkpoint: delete it to start afresh, "
-            "or use another run folder (seed)"
-        ) from exc
-    if state["fingerprint"] != fingerprint:
-        changed = sorted(
-            k
-            for k in set(state["fingerprint"]) | set(fingerprint)
-            if state["fingerprint"].get(k) != fingerprint.get(k)
-        )
-        raise ValueError(
-            f"checkpoint {checkpoint} was made with different settings ({changed}); "
-            "delete it or use another run folder (seed) to start afresh"
-        )
-    if state["iteration"] > n_iterations:
-        raise ValueError(
-            f"checkpoint {checkpoint} is at iteration {state['iteration']}, past "
-            f"n_iterations={n_iterations}; raise n_iterations or use another run "
-            "folder"
-        )
-    state["generator"] = state["generator"].cpu()
-    return state
-
-
-class RunLock:
-    """An exclusive lock on a checkpoint, so that two processes never train into the
-    same run: the second is refused with the PID of the first.
-
-    ``flock`` on ``<checkpoint>.lock``: the kernel releases it when the holder ends,
-    however it ends, so a killed run leaves no stale lock behind.
-    """
-
-    def __init__(self, checkpoint: Path):
-        self.path = Path(checkpoint).with_name(Path(checkpoint).name + ".lock")
-        self.file = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "unknown"
-            self.file.close()
-            raise RuntimeError(
-                f"another process (PID {holder}) is training into "
-                f"{self.path.with_suffix('')}; wait for it to finish or stop it, or "
-                "use another run folder (seed)"
-            ) from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
 
 
 class _Signals:
@@ -379,9 +174,9 @@ def fit(
     start, resumed_from, wall_before, reference = 0, None, 0.0, None
     window: list[dict[str, float]] = []  # stats of the current, unfinished window
     fingerprint = fingerprint or {}
+    device = next(iter(params.values())).device
 
     if checkpoint is not None and Path(checkpoint).exists():
-        device = next(iter(params.values())).device
         state = load_checkpoint(checkpoint, fingerprint, n_iterations, device)
         with torch.no_grad():
             for k, v in state["params"].items():
@@ -477,7 +272,9 @@ def fit(
                             for k, v in stats.items()
                         },
                     )
-                if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+                if time_limit_s is not None and distributed.any_rank(
+                    time.perf_counter() - t0 > time_limit_s, device
+                ):
                     break
             if last_saved != completed:
                 save(completed, window)

@@ -25,6 +25,7 @@ from gradcheck import assert_matches_finite_differences, flat
 from PIL import Image
 
 from mamllib.data import miniimagenet as mi
+from mamllib.data import miniimagenet_files as mi_files
 from mamllib.data import store
 from mamllib.maml import adapt, cross_entropy_loss, meta_gradient, task_loss
 from mamllib.models import Conv4, init_params
@@ -124,9 +125,8 @@ def test_bad_episode_sizes_are_refused(splits):
 
 
 @shared
-def test_the_old_name_builds_the_same_sampler(splits):
-    """The chapter and the script call MiniImagenetTasks(data)."""
-    tasks = mi.MiniImagenetTasks(splits["test"])
+def test_the_sampler_is_a_channel_first_view_of_the_cache(splits):
+    tasks = mi.tasks_for_split(splits["test"])
     assert repr(tasks) == (
         "EpisodeSampler(MiniImageNet test split: 20 classes, 5 images each "
         "(images_per_class=5 of 600))"
@@ -152,11 +152,17 @@ def jpeg(seed: int, size: int = 84) -> bytes:
     return buffer.getvalue()
 
 
+def fake_counts(monkeypatch) -> None:
+    """The fake copy's counts, where the CSVs are checked and where caches are sized."""
+    for module in (mi, mi_files):
+        monkeypatch.setattr(module, "N_CLASSES", FAKE_CLASSES)
+        monkeypatch.setattr(module, "IMAGES_PER_CLASS", FAKE_PER_CLASS)
+
+
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     """A tiny MiniImageNet in ``tmp_path/data/miniimagenet`` (zips), counts patched."""
-    monkeypatch.setattr(mi, "N_CLASSES", FAKE_CLASSES)
-    monkeypatch.setattr(mi, "IMAGES_PER_CLASS", FAKE_PER_CLASS)
+    fake_counts(monkeypatch)
     return make_fake(tmp_path / "data" / "miniimagenet")
 
 
@@ -195,8 +201,7 @@ def leftovers(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("layout", ["zip", "folder"])
 def test_fake_copy_loads_from_zips_and_folders(tmp_path, monkeypatch, layout):
-    monkeypatch.setattr(mi, "N_CLASSES", FAKE_CLASSES)
-    monkeypatch.setattr(mi, "IMAGES_PER_CLASS", FAKE_PER_CLASS)
+    fake_counts(monkeypatch)
     make_fake(tmp_path / "data" / "miniimagenet", layout)
     monkeypatch.setenv(mi.DATA_ENV, str(tmp_path / "data"))
     monkeypatch.setenv(mi.CACHE_ENV, str(tmp_path / "cache"))
@@ -226,8 +231,7 @@ def test_missing_csv_and_missing_images_are_named(tmp_path, fake):
 
 
 def test_missing_image_is_named_and_nothing_is_cached(tmp_path, monkeypatch):
-    monkeypatch.setattr(mi, "N_CLASSES", FAKE_CLASSES)
-    monkeypatch.setattr(mi, "IMAGES_PER_CLASS", FAKE_PER_CLASS)
+    fake_counts(monkeypatch)
     make_fake(tmp_path / "mini", drop={"ntrain000100000003.jpg"})
     with pytest.raises(mi.MiniImagenetDataError, match="ntrain000100000003.jpg"):
         mi.load_miniimagenet("train", tmp_path / "mini", tmp_path / "cache")
@@ -241,8 +245,7 @@ def test_missing_image_is_named_and_nothing_is_cached(tmp_path, monkeypatch):
 def test_bad_image_is_named_and_no_cache_is_left(
     tmp_path, monkeypatch, payload, message
 ):
-    monkeypatch.setattr(mi, "N_CLASSES", FAKE_CLASSES)
-    monkeypatch.setattr(mi, "IMAGES_PER_CLASS", FAKE_PER_CLASS)
+    fake_counts(monkeypatch)
     make_fake(tmp_path / "mini", replace={"nval000100000002.jpg": payload})
     with pytest.raises(mi.MiniImagenetDataError, match=message) as error:
         mi.load_miniimagenet("val", tmp_path / "mini", tmp_path / "cache")
@@ -330,9 +333,9 @@ def test_a_killed_build_leaves_a_temp_file_the_next_start_removes(tmp_path, fake
     path = mi.cache_file("test", cache=cache)
     code = (
         "import sys, time\n"
-        "from mamllib.data import miniimagenet as mi\n"
-        "mi.N_CLASSES = {'train': 3, 'val': 2, 'test': 2}\n"
-        "mi.IMAGES_PER_CLASS = 4\n"
+        "from mamllib.data import miniimagenet as mi, miniimagenet_files as files\n"
+        "mi.N_CLASSES = files.N_CLASSES = {'train': 3, 'val': 2, 'test': 2}\n"
+        "mi.IMAGES_PER_CLASS = files.IMAGES_PER_CLASS = 4\n"
         "def hang(data, name):\n"
         "    print('decoding', flush=True)\n"
         "    time.sleep(120)\n"
@@ -664,5 +667,3 @@ def test_artifact_command_copies_a_first_order_run(tmp_path, monkeypatch, capsys
     assert manifest["command"].startswith("python -m mamllib artifact")
     for name, digest in manifest["files"].items():
         assert sha256(target / name) == digest
-
-

@@ -17,6 +17,7 @@ from conftest import DATA_ROOT, needs_omniglot
 from torch import nn
 
 from mamllib.data import omniglot as om
+from mamllib.data import omniglot_fetch
 from mamllib.data.store import CACHE_ENV
 from mamllib.maml import cross_entropy_loss, meta_loss_loop, meta_loss_vmap
 
@@ -171,9 +172,9 @@ def test_rotations_are_new_classes_within_each_split(data, train_tasks, test_tas
     )
 
 
-def test_the_old_name_builds_the_same_sampler(data, train_tasks):
-    """The chapter and the scripts call OmniglotTasks(data, split, scheme=...)."""
-    tasks = om.OmniglotTasks(data, "train", scheme="paper", rotations=True)
+def test_the_default_split_is_the_papers_with_rotations(data, train_tasks):
+    """tasks_for_split(data, split) is the paper scheme with rotations as classes."""
+    tasks = om.tasks_for_split(data, "train", scheme="paper", rotations=True)
     assert type(tasks) is type(train_tasks) and torch.equal(
         tasks.images, train_tasks.images
     )
@@ -382,7 +383,7 @@ def serve(monkeypatch, bodies: dict[str, bytes], lengths: dict[str, int] | None 
         name = url.rsplit("/", 1)[-1]
         return FakeResponse(bodies[name], (lengths or {}).get(name))
 
-    monkeypatch.setattr(om, "urlopen", fake_urlopen)
+    monkeypatch.setattr(omniglot_fetch, "urlopen", fake_urlopen)
     return requested
 
 
@@ -442,7 +443,9 @@ def test_truncated_download_without_length_fails_checksum_and_content(
 ):
     full = (ARCHIVE_DIR / om.ARCHIVES[0]).read_bytes()
     monkeypatch.setattr(
-        om, "urlopen", lambda url, timeout=None: io.BytesIO(full[: len(full) // 3])
+        omniglot_fetch,
+        "urlopen",
+        lambda url, timeout=None: io.BytesIO(full[: len(full) // 3]),
     )
     with pytest.raises(
         om.OmniglotDataError, match="failed verification.*not a complete zip"
@@ -457,7 +460,7 @@ def test_network_error_names_the_url_and_the_local_alternative(tmp_path, monkeyp
     def offline(url, timeout=None):
         raise URLError("no route to host")
 
-    monkeypatch.setattr(om, "urlopen", offline)
+    monkeypatch.setattr(omniglot_fetch, "urlopen", offline)
     with pytest.raises(om.OmniglotDataError) as err:
         om.download_archive(om.ARCHIVES[0], tmp_path)
     message = str(err.value)

@@ -1,6 +1,6 @@
 """Data sets: archives on disk -> verified uint8 arrays in a cache. Nothing here knows
-of MAML or of training; :class:`mamllib.tasks.EpisodeSampler` hands out support/query
-tensors from the arrays."""
+of MAML or of training; :class:`mamllib.episodes.EpisodeSampler` hands out
+support/query tensors from the arrays."""
 
 from __future__ import annotations
 

@@ -5,21 +5,8 @@ classes with 600 images each, as split by Ravi & Larochelle (ICLR 2017): 64 clas
 for meta-training, 16 for validation, 20 for testing, images 84x84 RGB. The MAML paper
 (§5.2) says "64 training classes, 12 validation classes, and 24 test classes"; the
 split it used (cbfinn/maml's ``data/miniImagenet/proc_images.py`` reads Ravi's CSVs)
-is 64/16/20, which is what we check.
-
-There is no official download. Where the files come from: ``root=`` or the
-environment variable ``MAMLLIB_DATA``, a folder holding ``miniimagenet/`` (``root=``
-may also name that folder itself) laid out as one of
-
-* ``splits/{train,val,test}.csv`` (or the three CSVs at the top) with the header
-  ``filename,label``, one row per image, as published with Ravi & Larochelle's code
-  (github.com/twitter-research/meta-learning-lstm, ``data/miniImagenet/``);
-* the images as ``images/{train,val,test}.zip``, or one ``images.zip``, or a folder
-  ``images/`` (files found as ``images/<split>/<label>/<file>``,
-  ``images/<label>/<file>`` or ``images/<file>``; inside a zip only the file's base
-  name matters). The images themselves are ImageNet's (ILSVRC-2012 train) under its
-  non-commercial research terms; ``python proc_images.py`` of cbfinn/maml or of
-  Ravi's repository makes them from an ImageNet copy.
+is 64/16/20, which is what we check. Where the files come from, how they are laid
+out and checked, and how an image decodes is :mod:`mamllib.data.miniimagenet_files`.
 
 The cache: ``<cache>/miniimagenet-v<N>-<split>[-<n>per-class].npy``, uint8
 ``[n_classes, n_images, 84, 84, 3]`` (RGB, channel-last as decoded), opened
@@ -28,11 +15,8 @@ beside it naming the classes and files. ``<cache>`` is ``cache=``, else
 ``$MAMLLIB_CACHE``, else ``~/.cache/mamllib``. Building decodes straight into a
 memory-mapped temporary file (no list of arrays in memory) and renames it into place
 only when every image decoded, so a cache is either complete or absent.
-
-Verification: each split has its number of classes (64/16/20), 600 rows per class,
-no class in two splits, every listed file present, and every image that goes into
-the cache decodes to 84x84. ``images_per_class=n`` caches only the first ``n`` images
-of each class (in CSV order): what tests and the ``ci`` preset use, fast to build.
+``images_per_class=n`` caches only the first ``n`` images of each class (in CSV
+order): what tests and the ``ci`` preset use, fast to build.
 
 Pixels: cbfinn/maml's data generator decodes each JPEG and divides by 255
 (``tf.cast(image, tf.float32) / 255.0``), no mean subtraction; so do we.
@@ -40,17 +24,27 @@ Pixels: cbfinn/maml's data generator decodes each JPEG and divides by 255
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mamllib.data.miniimagenet_files import (
+    IMAGE_SIZE,
+    IMAGES_PER_CLASS,
+    N_CLASSES,
+    SPLITS,
+    ImageSource,
+    MiniImagenetDataError,
+    check_disjoint,
+    csv_path,
+    decode_image,
+    layout_hint,
+    local_dir,
+    read_split,
+)
 from mamllib.data.store import (
     CACHE_ENV,
     CACHE_FIX,
@@ -61,185 +55,10 @@ from mamllib.data.store import (
     reserve_space,
     write_json,
 )
-from mamllib.tasks import Episodes, EpisodeSampler, SplitSizes
+from mamllib.episodes import Episodes, EpisodeSampler, SplitSizes
 
-SPLITS = ("train", "val", "test")
-N_CLASSES = {"train": 64, "val": 16, "test": 20}
-IMAGES_PER_CLASS = 600
-IMAGE_SIZE = 84
 # Bump when preprocessing changes: the cache file name carries it.
 CACHE_VERSION = 1
-SOURCE_HINT = (
-    "MiniImageNet has no official download. The split CSVs (filename,label) are in "
-    "github.com/twitter-research/meta-learning-lstm (data/miniImagenet/); the 84x84 "
-    "images are made from ImageNet (ILSVRC-2012 train, non-commercial research terms) "
-    "with that repository's or cbfinn/maml's proc_images.py."
-)
-
-
-class MiniImagenetDataError(RuntimeError):
-    """MiniImageNet is missing, partial or corrupt; the message says how to fix it."""
-
-
-def _layout_hint() -> str:
-    return (
-        f"Put <folder>/miniimagenet/splits/{{train,val,test}}.csv and "
-        f"<folder>/miniimagenet/images/{{train,val,test}}.zip (or an images/ folder) "
-        f"there and set {DATA_ENV}=<folder> (or pass root=<folder>). {SOURCE_HINT}"
-    )
-
-
-def local_dir(root: str | Path | None = None) -> Path:
-    """The dataset folder: ``root`` or ``$MAMLLIB_DATA``, or its ``miniimagenet/``.
-
-    Raises:
-        MiniImagenetDataError: neither is given.
-    """
-    if root is None and not os.environ.get(DATA_ENV):
-        raise MiniImagenetDataError(
-            f"No MiniImageNet copy is named: pass root= or set {DATA_ENV}. "
-            + _layout_hint()
-        )
-    base = Path(root if root is not None else os.environ[DATA_ENV]).expanduser()
-    return base / "miniimagenet" if (base / "miniimagenet").is_dir() else base
-
-
-def _csv_path(folder: Path, split: str) -> Path:
-    for path in (folder / "splits" / f"{split}.csv", folder / f"{split}.csv"):
-        if path.is_file():
-            return path
-    raise MiniImagenetDataError(
-        f"MiniImageNet split list {split}.csv not found in {folder}/splits/ nor in "
-        f"{folder}/. {_layout_hint()}"
-    )
-
-
-def read_split(path: str | Path, split: str) -> dict[str, list[str]]:
-    """One split's CSV as ``{label: [filenames]}``, checked: classes and rows.
-
-    Args:
-        path: the CSV, header ``filename,label``.
-        split: ``"train"``, ``"val"`` or ``"test"`` (sets the expected class count).
-
-    Returns:
-        Labels in order of first appearance, each with its 600 filenames in CSV order.
-    """
-    path = Path(path)
-    classes: dict[str, list[str]] = {}
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != ["filename", "label"]:
-            raise MiniImagenetDataError(
-                f"{path}: expected the header 'filename,label', found {header}. "
-                + _layout_hint()
-            )
-        for line, row in enumerate(reader, start=2):
-            if len(row) != 2 or not row[0] or not row[1]:
-                raise MiniImagenetDataError(
-                    f"{path}, line {line}: expected 'filename,label', found {row}"
-                )
-            classes.setdefault(row[1], []).append(row[0])
-    if len(classes) != N_CLASSES[split]:
-        raise MiniImagenetDataError(
-            f"{path}: expected {N_CLASSES[split]} classes in the {split} split, "
-            f"found {len(classes)}. Is this the Ravi & Larochelle split? {SOURCE_HINT}"
-        )
-    wrong = {k: len(v) for k, v in classes.items() if len(v) != IMAGES_PER_CLASS}
-    if wrong:
-        label, count = next(iter(wrong.items()))
-        raise MiniImagenetDataError(
-            f"{path}: expected {IMAGES_PER_CLASS} images per class, found {count} "
-            f"for {label} ({len(wrong)} classes affected)"
-        )
-    names = [name for files in classes.values() for name in files]
-    if len(set(names)) != len(names):
-        raise MiniImagenetDataError(f"{path}: some filenames are listed twice")
-    return classes
-
-
-class _ImageSource:
-    """Bytes of each image by (label, filename), from a zip or a folder."""
-
-    def __init__(self, folder: Path, split: str):
-        self.zip, self.members, self.folder = None, {}, None
-        for path in (folder / "images" / f"{split}.zip", folder / "images.zip"):
-            if path.is_file():
-                try:
-                    self.zip = zipfile.ZipFile(path)
-                except (zipfile.BadZipFile, OSError) as exc:
-                    raise MiniImagenetDataError(
-                        f"{path} is not a complete zip file ({exc}; "
-                        f"{path.stat().st_size:,} bytes: a truncated copy?). Replace "
-                        "it with a fresh copy. " + SOURCE_HINT
-                    ) from exc
-                self.where = path
-                for info in self.zip.infolist():
-                    if not info.is_dir():
-                        self.members[info.filename.rsplit("/", 1)[-1]] = info
-                return
-        # A folder of images, unless it holds split zips (then this split's is missing).
-        images = folder / "images"
-        if images.is_dir() and not any(images.glob("*.zip")):
-            self.folder = self.where = images
-            self.split = split
-            return
-        raise MiniImagenetDataError(
-            f"MiniImageNet images for the {split} split not found: none of "
-            f"{folder}/images/{split}.zip, {folder}/images.zip, {folder}/images/. "
-            + _layout_hint()
-        )
-
-    def _file(self, label: str, name: str) -> Path | None:
-        for path in (
-            self.folder / self.split / label / name,
-            self.folder / label / name,
-            self.folder / name,
-        ):
-            if path.is_file():
-                return path
-        return None
-
-    def missing(self, classes: dict[str, list[str]]) -> list[str]:
-        if self.zip is not None:
-            return [n for f in classes.values() for n in f if n not in self.members]
-        return [n for k, f in classes.items() for n in f if self._file(k, n) is None]
-
-    def read(self, label: str, name: str) -> bytes:
-        try:
-            if self.zip is not None:
-                return self.zip.read(self.members[name])
-            return self._file(label, name).read_bytes()
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-            raise MiniImagenetDataError(
-                f"cannot read {name} from {self.where} ({exc}). Replace the file with "
-                "a fresh copy. " + SOURCE_HINT
-            ) from exc
-
-    def close(self) -> None:
-        if self.zip is not None:
-            self.zip.close()
-
-
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """One JPEG (or PNG) as uint8 ``[84, 84, 3]`` RGB; a clear error otherwise."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                raise MiniImagenetDataError(
-                    f"{name} is {image.size[0]}x{image.size[1]}, expected "
-                    f"{IMAGE_SIZE}x{IMAGE_SIZE} (MiniImageNet images are resized "
-                    "to 84x84 once, by proc_images.py)"
-                )
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise MiniImagenetDataError(
-            f"{name} does not decode as an image ({exc}). Replace it with a fresh "
-            "copy. " + SOURCE_HINT
-        ) from exc
 
 
 @dataclass
@@ -323,15 +142,15 @@ def load_miniimagenet(
         if data is not None:
             return data
     folder = local_dir(root)
-    classes = read_split(_csv_path(folder, split), split)
-    _check_disjoint(folder, split, classes)
-    source = _ImageSource(folder, split)
+    classes = read_split(csv_path(folder, split), split)
+    check_disjoint(folder, split, classes)
+    source = ImageSource(folder, split)
     try:
         missing = source.missing(classes)
         if missing:
             raise MiniImagenetDataError(
                 f"{len(missing)} image(s) listed in {split}.csv are not in "
-                f"{source.where}, e.g. {', '.join(missing[:3])}. " + _layout_hint()
+                f"{source.where}, e.g. {', '.join(missing[:3])}. " + layout_hint()
             )
         labels = list(classes)
         files = [classes[label][:n_images] for label in labels]
@@ -345,24 +164,6 @@ def load_miniimagenet(
     data = _read_cache(path, shape)
     assert data is not None, path
     return data
-
-
-def _check_disjoint(folder: Path, split: str, classes: dict[str, list[str]]) -> None:
-    for other in SPLITS:
-        if other == split:
-            continue
-        try:
-            path = _csv_path(folder, other)
-        except MiniImagenetDataError:
-            continue  # a copy with one split only is fine; nothing to compare
-        with open(path, newline="") as f:
-            labels = {row[1] for row in csv.reader(f) if len(row) == 2}
-        shared = sorted(set(classes) & labels)
-        if shared:
-            raise MiniImagenetDataError(
-                f"classes {shared[:3]} are in both {split}.csv and {other}.csv "
-                f"({len(shared)} shared): splits must be disjoint. {SOURCE_HINT}"
-            )
 
 
 def _build_cache(path, shape, source, labels, files) -> None:
@@ -397,7 +198,7 @@ def split_sizes(
         images_per_class: the images cached per class (None: all 600).
 
     Returns:
-        The split's :class:`~mamllib.tasks.SplitSizes`.
+        The split's :class:`~mamllib.episodes.SplitSizes`.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -430,7 +231,7 @@ def tasks_for_split(data: MiniImagenet) -> EpisodeSampler:
         data: one split, from :func:`load_miniimagenet`.
 
     Returns:
-        An :class:`~mamllib.tasks.EpisodeSampler` over ``data.images`` seen
+        An :class:`~mamllib.episodes.EpisodeSampler` over ``data.images`` seen
         channel-first, ``[n_classes, n_images, 3, 84, 84]`` (a view: nothing is
         copied); episodes are float32 in [0, 1] (uint8 / 255, as cbfinn/maml).
     """
@@ -443,17 +244,20 @@ def tasks_for_split(data: MiniImagenet) -> EpisodeSampler:
     return EpisodeSampler(data.images.transpose(0, 1, 4, 2, 3), sizes)
 
 
-MiniImagenetTasks = tasks_for_split  # the name the chapter and the scripts call
-
-
 __all__ = [
     "CACHE_ENV",
+    "CACHE_VERSION",
     "DATA_ENV",
     "Episodes",
+    "IMAGES_PER_CLASS",
+    "N_CLASSES",
+    "SPLITS",
     "MiniImagenet",
     "MiniImagenetDataError",
-    "MiniImagenetTasks",
+    "cache_file",
+    "decode_image",
     "load_miniimagenet",
+    "read_split",
     "split_sizes",
     "tasks_for_split",
 ]

@@ -1,49 +1,20 @@
-"""Omniglot: download or local copy, verify, preprocess once, cache; splits; episodes.
+"""Omniglot: the preprocessed cache, the splits of characters, and their episodes.
 
 Introduced in notebook 07 (Omniglot). The data is Lake, Salakhutdinov & Tenenbaum's
 (Science, 2015): 1623 handwritten characters from 50 alphabets, each drawn once by 20
 people, as 105x105 black-on-white PNGs in two archives of
 github.com/brendenlake/omniglot (``python/images_background.zip``: 30 alphabets,
 964 characters; ``python/images_evaluation.zip``: 20 alphabets, 659 characters).
+Where the archives come from (a local copy, the cache, a download) is
+:mod:`mamllib.data.omniglot_fetch`; what they hold and how each drawing becomes 28x28
+is :mod:`mamllib.data.omniglot_archive`; the names of theirs that callers use are
+importable from here too.
 
-Where the archives come from, in order:
-
-1. a local copy: ``root=`` or the environment variable ``MAMLLIB_DATA``, a folder that
-   holds ``omniglot/images_background.zip`` and ``omniglot/images_evaluation.zip``
-   (``root=`` may also name that ``omniglot`` folder itself). When one is named, a
-   missing file there is an error, never a silent download;
-2. ``<cache>/omniglot/images_*.zip`` from an earlier download;
-3. a download from the official repository into ``<cache>/omniglot/``.
-
-``<cache>`` is ``cache=``, else ``$MAMLLIB_CACHE``, else ``~/.cache/mamllib``. The
-preprocessed tensor lives there too, as ``omniglot-v<N>-28px-lanczos.pt``; ``N``
+The preprocessed tensor lives in ``<cache>`` (``cache=``, else ``$MAMLLIB_CACHE``,
+else ``~/.cache/mamllib``) as ``omniglot-v<N>-28px-lanczos.pt``; ``N``
 (:data:`CACHE_VERSION`) changes whenever preprocessing changes, so an old cache is
-simply not found. Every file is written to a temporary name and renamed into place,
-so an interrupted build or download leaves nothing half-written.
-
-Verification checks content, not only bytes. We know the sha256 of the rebuilt copy
-this project uses in CI (same pixels as the originals, different bytes) and the MD5 of
-the originals (as published by torchvision); an archive matching neither is still
-accepted if its content is right: the expected alphabets, characters and 20 drawings
-each, every PNG decodable and 105x105. Anything else raises :class:`OmniglotDataError`
-saying which file, what was expected and found, and how to fix it.
-
-Preprocessing follows cbfinn/maml (``data/omniglot_resized/resize_images.py``): each
-105x105 image is resized to 28x28 with Lanczos. Pillow trap: the PNGs are 1-bit (mode
-``"1"``), and ``Image.resize`` silently switches to nearest neighbour for modes ``"1"``
-and ``"P"`` whatever filter is asked for (the same line exists from PIL 1.1.x to Pillow
-13). We convert to 8-bit grey (``"L"``) first, so Lanczos really is applied and strokes
-get grey, anti-aliased edges. cbfinn/maml's script opened the PNGs with
-``Image.open`` and called ``resize((28, 28), resample=Image.LANCZOS)`` without
-converting, so it most likely trained on nearest-neighbour, still binary 28x28 images
-(0/255 after TensorFlow's ``decode_png``). We cannot be sure: we do not know their
-Pillow version or whether their PNGs were the 1-bit originals, and the exact pixels a
-nearest-neighbour resize keeps depend on the Pillow version. We follow the stated
-intent (Lanczos), as the paper's "downsampled to 28x28" allows.
-
-Pixels: ink is 1 and background 0. cbfinn/maml reads the PNG, scales to [0, 1] and
-computes ``1.0 - image  # invert``; the cache stores ``255 - grey`` as uint8 for the
-same reason: zero padding of the convolutions then matches the background.
+simply not found. It is written to a temporary name and renamed into place, so an
+interrupted build leaves nothing half-written.
 
 Splits (paper §5.2): 1200 characters chosen at random irrespective of alphabet for
 meta-training, the remaining 423 for testing (``scheme="paper"``, what the presets use
@@ -59,311 +30,33 @@ training classes), within each split, so a rotated test character stays in test.
 
 from __future__ import annotations
 
-import io
-import os
-import re
-import shutil
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.request import urlopen
 
-import numpy as np
 import torch
 
-from mamllib.data.store import (
-    DATA_ENV,
-    atomic_path,
-    cache_dir,
-    file_digest,
-    remove_stale_temp_files,
-    save_torch,
+from mamllib.data.omniglot_archive import (
+    ARCHIVES,
+    IMAGE_SIZE,
+    N_ALPHABETS,
+    N_CHARACTERS,
+    N_DRAWINGS,
+    URLS,
+    OmniglotDataError,
+    fix_hint,
+    preprocess_image,
+    read_archive,
 )
-from mamllib.tasks import EpisodeSampler, SplitSizes
+from mamllib.data.omniglot_fetch import archive_paths, download_archive
+from mamllib.data.store import DATA_ENV, cache_dir, remove_stale_temp_files, save_torch
+from mamllib.episodes import EpisodeSampler, SplitSizes
 
-BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
-ARCHIVES = ("images_background.zip", "images_evaluation.zip")
-URLS = {name: BASE_URL + name for name in ARCHIVES}
-# (alphabets, characters) per archive; every character has N_DRAWINGS drawings.
-EXPECTED = {"images_background.zip": (30, 964), "images_evaluation.zip": (20, 659)}
-N_ALPHABETS, N_CHARACTERS, N_DRAWINGS = 50, 1623, 20
-SOURCE_SIZE, IMAGE_SIZE = 105, 28
-# Bytes we recognise. sha256: the rebuilt copy in ../shared/data/omniglot (SOURCE.md);
-# MD5: the originals, as torchvision's datasets.Omniglot checks them. An archive
-# matching neither is accepted on content alone.
-KNOWN_SHA256 = {
-    "images_background.zip": {
-        "c4cbb7d04e6d197ee5ce04104b7cec6b14e8f5eb7676564664d534166c3166ff"
-    },
-    "images_evaluation.zip": {
-        "04211999853d2644fe4aa050edb737727dff7d5754b0a083918b2ad221ad164b"
-    },
-}
-KNOWN_MD5 = {
-    "images_background.zip": {"68d2efa1b9178cc56df9314c21c6e718"},
-    "images_evaluation.zip": {"6b91aef0f799c5bb55b94e3f2daec811"},
-}
 # Bump when preprocessing changes: the cache file name carries it.
 CACHE_VERSION = 1
 SPLIT_SEED = 1  # cbfinn/maml seeds its split with random.seed(1)
 SPLITS = {"paper": (1200, 0, 423), "original": (1100, 100, 423)}
 
 _CACHE_SHAPE = (N_CHARACTERS, N_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE)
-_ENTRY = re.compile(r"^(?P<top>[^/]+)/(?P<alphabet>[^/]+)/(?P<character>[^/]+)/[^/]+$")
-
-
-class OmniglotDataError(RuntimeError):
-    """Omniglot is missing, partial or corrupt; the message says how to fix it."""
-
-
-def _fix_hint() -> str:
-    return (
-        "Put a copy of both archives in <folder>/omniglot/ and set "
-        f"{DATA_ENV}=<folder> (or pass root=<folder>), or let mamllib download "
-        f"them from {BASE_URL}."
-    )
-
-
-def local_dir(root: str | Path | None = None) -> Path | None:
-    """The folder holding a local copy of the archives, or None if none is named.
-
-    Args:
-        root: a folder with ``omniglot/images_*.zip`` (or the ``omniglot`` folder
-            itself); else ``$MAMLLIB_DATA``.
-    """
-    if root is None and not os.environ.get(DATA_ENV):
-        return None
-    base = Path(root if root is not None else os.environ[DATA_ENV]).expanduser()
-    if (base / ARCHIVES[0]).exists() and not (base / "omniglot").is_dir():
-        return base
-    return base / "omniglot"
-
-
-def archive_paths(
-    root: str | Path | None = None,
-    cache: str | Path | None = None,
-    download: bool = True,
-) -> dict[str, Path]:
-    """The two archives on disk: the local copy, an earlier download, or a new one.
-
-    Args:
-        root: local copy (see :func:`local_dir`); a named copy must be complete.
-        cache: cache folder (see :func:`cache_dir`).
-        download: fetch what is missing from the official repository.
-
-    Returns:
-        ``{"images_background.zip": path, "images_evaluation.zip": path}``.
-    """
-    local = local_dir(root)
-    if local is not None:
-        missing = [name for name in ARCHIVES if not (local / name).is_file()]
-        if missing:
-            source = "root=" if root is not None else f"{DATA_ENV}="
-            raise OmniglotDataError(
-                f"Omniglot archive(s) {', '.join(missing)} not found in {local} "
-                f"({source}{root if root is not None else os.environ[DATA_ENV]}). "
-                f"Copy them there from {BASE_URL} (the folder must hold "
-                f"omniglot/{ARCHIVES[0]} and omniglot/{ARCHIVES[1]}), or unset "
-                f"{DATA_ENV} to use the cache and download."
-            )
-        return {name: local / name for name in ARCHIVES}
-    folder = cache_dir(cache) / "omniglot"
-    paths = {}
-    for name in ARCHIVES:
-        path = folder / name
-        if not path.is_file():
-            if not download:
-                raise OmniglotDataError(
-                    f"Omniglot archive {name} not found: no local copy is named and "
-                    f"{path} does not exist (download=False). {_fix_hint()}"
-                )
-            download_archive(name, folder)
-        paths[name] = path
-    return paths
-
-
-def download_archive(name: str, folder: str | Path, timeout: float = 60.0) -> Path:
-    """Download one official archive into ``folder``, verified, renamed into place.
-
-    The bytes go to a temporary file in ``folder``; they are accepted if their sha256
-    or MD5 is known, else if :func:`read_archive` finds the expected content. Only then
-    are they renamed to ``folder/name``; on any failure nothing is left behind.
-
-    Args:
-        name: ``"images_background.zip"`` or ``"images_evaluation.zip"``.
-        folder: destination folder (created if needed).
-        timeout: seconds to wait for the server.
-
-    Returns:
-        The path of the verified archive.
-    """
-    if name not in URLS:
-        raise ValueError(f"unknown Omniglot archive {name!r}; choose one of {ARCHIVES}")
-    url, folder = URLS[name], Path(folder)
-    alternative = (
-        f"If this machine cannot reach GitHub, download {url} elsewhere and put both "
-        f"archives in <folder>/omniglot/, then set {DATA_ENV}=<folder>."
-    )
-    with atomic_path(folder / name) as tmp:
-        try:
-            with open(tmp, "wb") as f, urlopen(url, timeout=timeout) as response:
-                shutil.copyfileobj(response, f, 1 << 20)
-                f.flush()
-                os.fsync(f.fileno())
-                headers = getattr(response, "headers", None)
-                expected = headers.get("Content-Length") if headers else None
-        except OSError as exc:  # URLError, HTTPError, timeouts and resets
-            raise OmniglotDataError(
-                f"Could not download Omniglot {name} from {url}: {exc}. {alternative}"
-            ) from exc
-        size = os.path.getsize(tmp)
-        if expected is not None and int(expected) != size:
-            raise OmniglotDataError(
-                f"Download of {url} is partial: {size:,} of {int(expected):,} bytes. "
-                f"Try again. {alternative}"
-            )
-        if not _known_bytes(tmp, name):
-            # Unknown bytes (a re-encoded mirror, or the originals if their MD5 here
-            # were wrong): accept them only if the content is exactly right.
-            try:
-                read_archive(tmp, name)
-            except OmniglotDataError as exc:
-                raise OmniglotDataError(
-                    f"Downloaded {url} ({size:,} bytes, sha256 "
-                    f"{file_digest(tmp, 'sha256')}) failed verification: {exc} "
-                    f"{alternative}"
-                ) from exc
-    return folder / name
-
-
-def _known_bytes(path: Path, name: str) -> bool:
-    return (
-        file_digest(path, "sha256") in KNOWN_SHA256[name]
-        or file_digest(path, "md5") in KNOWN_MD5[name]
-    )
-
-
-def preprocess_image(image) -> np.ndarray:
-    """One Omniglot drawing as 28x28 uint8, ink 255, background 0.
-
-    Args:
-        image: a PIL image, 105x105, any mode (the archives hold mode ``"1"``).
-
-    Returns:
-        ``[28, 28]`` uint8 array: Lanczos-resized grey, inverted.
-    """
-    from PIL import Image
-
-    # Pillow resizes "1" (and "P") images with nearest neighbour whatever filter is
-    # passed; in "L" the Lanczos filter is really applied.
-    grey = image.convert("L").resize(
-        (IMAGE_SIZE, IMAGE_SIZE), resample=Image.Resampling.LANCZOS
-    )
-    return 255 - np.asarray(grey, dtype=np.uint8)
-
-
-def _corrupt(path: Path, what: str) -> OmniglotDataError:
-    return OmniglotDataError(
-        f"Omniglot archive {path} is corrupt: {what}. Delete it and put a fresh copy "
-        f"of {URLS.get(path.name, BASE_URL)} in its place. {_fix_hint()}"
-    )
-
-
-def read_archive(
-    path: str | Path, name: str | None = None
-) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Verify one archive's content and preprocess every drawing.
-
-    Checks the layout ``<images_x>/<Alphabet>/<characterNN>/<IIII_DD>.png``, the
-    counts of alphabets, characters and drawings, and that every PNG decodes to
-    105x105, before returning anything.
-
-    Args:
-        path: the zip file.
-        name: which archive it should be (defaults to the file name).
-
-    Returns:
-        ``(images, alphabets, characters)``: uint8 ``[n_characters, 20, 28, 28]``
-        (ink 255), and per character its alphabet and folder name, sorted by
-        (alphabet, character); drawings sorted by file name.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    name = name or path.name
-    if name not in EXPECTED:
-        raise ValueError(f"unknown Omniglot archive {name!r}; choose one of {ARCHIVES}")
-    top = name.removesuffix(".zip")
-    if not path.is_file():
-        raise OmniglotDataError(
-            f"Omniglot archive {path} does not exist. {_fix_hint()}"
-        )
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise _corrupt(
-            path,
-            f"not a complete zip file ({exc}; {path.stat().st_size:,} bytes: a "
-            "truncated download or copy?)",
-        ) from exc
-    with archive:
-        characters: dict[tuple[str, str], list[zipfile.ZipInfo]] = {}
-        for info in archive.infolist():
-            match = _ENTRY.match(info.filename)
-            if info.is_dir() or not info.filename.endswith(".png") or not match:
-                continue
-            if match["top"] == top:
-                key = (match["alphabet"], match["character"])
-                characters.setdefault(key, []).append(info)
-        n_alphabets, n_characters = EXPECTED[name]
-        found_alphabets = len({alphabet for alphabet, _ in characters})
-        if (found_alphabets, len(characters)) != (n_alphabets, n_characters):
-            raise _corrupt(
-                path,
-                f"expected {n_alphabets} alphabets and {n_characters} characters "
-                f"under {top}/<alphabet>/<character>/*.png, found {found_alphabets} "
-                f"alphabets and {len(characters)} characters",
-            )
-        short = {k: len(v) for k, v in characters.items() if len(v) != N_DRAWINGS}
-        if short:
-            (alphabet, character), count = next(iter(sorted(short.items())))
-            raise _corrupt(
-                path,
-                f"expected {N_DRAWINGS} drawings per character, found {count} in "
-                f"{top}/{alphabet}/{character} ({len(short)} characters affected)",
-            )
-        keys = sorted(characters)
-        images = np.empty(
-            (len(keys), N_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8
-        )
-        for i, key in enumerate(keys):
-            for j, info in enumerate(sorted(characters[key], key=lambda e: e.filename)):
-                try:
-                    data = archive.read(info)
-                except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-                    raise _corrupt(
-                        path, f"cannot read {info.filename} ({exc})"
-                    ) from exc
-                try:
-                    with Image.open(io.BytesIO(data)) as image:
-                        image.load()
-                        if image.size != (SOURCE_SIZE, SOURCE_SIZE):
-                            raise _corrupt(
-                                path,
-                                f"{info.filename} is {image.size[0]}x{image.size[1]}, "
-                                f"expected {SOURCE_SIZE}x{SOURCE_SIZE}",
-                            )
-                        images[i, j] = preprocess_image(image)
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                    raise _corrupt(
-                        path, f"{info.filename} is not a valid PNG ({e})"
-                    ) from e
-    return (
-        torch.from_numpy(images),
-        [alphabet for alphabet, _ in keys],
-        [character for _, character in keys],
-    )
 
 
 @dataclass
@@ -456,7 +149,7 @@ def load_omniglot(
         raise OmniglotDataError(
             f"expected {N_ALPHABETS} distinct alphabets over both archives, found "
             f"{len(set(alphabets))}: are the two archives swapped or duplicated? "
-            f"{_fix_hint()}"
+            f"{fix_hint()}"
         )
     save_torch(
         path,
@@ -518,7 +211,7 @@ def split_sizes(
         rotations: the 90/180/270 degree rotations count as classes.
 
     Returns:
-        The split's :class:`~mamllib.tasks.SplitSizes` (paper scheme, rotations:
+        The split's :class:`~mamllib.episodes.SplitSizes` (paper scheme, rotations:
         4800 training classes of 1200 characters, 1692 test classes of 423).
     """
     if scheme not in SPLITS:
@@ -571,7 +264,7 @@ def tasks_for_split(
         seed: the split's seed (not the task stream's: pass a generator to sample).
 
     Returns:
-        An :class:`~mamllib.tasks.EpisodeSampler` whose ``images`` are uint8
+        An :class:`~mamllib.episodes.EpisodeSampler` whose ``images`` are uint8
         ``[n_classes, 20, 1, 28, 28]``, class ``c = character * 4 + quarter turns``
         (counter-clockwise, as tf ``rot90``), and whose ``source_of(classes)`` is the
         index into :class:`Omniglot` of the character behind each class.
@@ -587,4 +280,22 @@ def tasks_for_split(
     return EpisodeSampler(images.unsqueeze(2), sizes, sources=character_ids)
 
 
-OmniglotTasks = tasks_for_split  # the name the chapter and the scripts call
+__all__ = [
+    "ARCHIVES",
+    "CACHE_VERSION",
+    "DATA_ENV",
+    "SPLITS",
+    "SPLIT_SEED",
+    "URLS",
+    "Omniglot",
+    "OmniglotDataError",
+    "archive_paths",
+    "cache_file",
+    "download_archive",
+    "load_omniglot",
+    "preprocess_image",
+    "read_archive",
+    "split_characters",
+    "split_sizes",
+    "tasks_for_split",
+]

@@ -1,8 +1,10 @@
 """Experiments: a config in, trained parameters, evaluations and reproduction rows
 out. One module per domain (sinusoid, fewshot, metarl), each with the same entry point
 ``train_and_evaluate(config, run, ...)`` that the command line (``python -m mamllib
-train``) and the chapters call; they share the training loop (:mod:`mamllib.train`),
-the evaluation (:mod:`mamllib.evaluate`) and the writer (:mod:`mamllib.report`).
+train``) and the chapters call; a domain's other parts sit beside it under its name
+(``fewshot_evaluation``, ``fewshot_results``). They share the training loop
+(:mod:`mamllib.train`), the evaluation (:mod:`mamllib.evaluate`) and the writer
+(:mod:`mamllib.report`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ MiniImageNet adds three things, all read from the config so Omniglot is unchange
 the model variant (``max_pool``, ``in_channels``, ``image_size``), clipping of the
 meta-gradient (``clip_grad``), and checkpoint selection on validation tasks
 (``train_maml(..., val_tasks=...)``).
+
+Scoring lives in :mod:`mamllib.experiments.fewshot_evaluation` and the results a run
+writes in :mod:`mamllib.experiments.fewshot_results`; the names of theirs that the
+chapters use are importable from here too.
 """
 
 from __future__ import annotations
@@ -20,32 +24,31 @@ from typing import Any
 
 import torch
 
-from mamllib import paper, report
-from mamllib.evaluate import EVAL_SEED, VAL_SEED, adaptation_curve, summarize_curve
+from mamllib.evaluate import VAL_SEED
 from mamllib.experiments import run_name
-from mamllib.maml import accuracy, cross_entropy_loss, inner_update
-from mamllib.models import Conv4, Params, detach_params, forward, init_params
-from mamllib.presets import PRESETS
-from mamllib.runs import RunFolder, device_description, read_json, save_torch
+from mamllib.experiments.fewshot_evaluation import (
+    adaptation_curve_loop,
+    evaluate_maml,
+    model_for,
+)
+from mamllib.experiments.fewshot_results import already_evaluated, save_results
+from mamllib.maml import cross_entropy_loss
+from mamllib.models import Params, init_params
+from mamllib.runs import RunFolder, read_json, save_torch
 from mamllib.tasks import make_generator
 from mamllib.train import FitResult, checkpoint_iteration, fit, meta_objective
 
-DATASETS = {"omniglot": "Omniglot", "miniimagenet": "MiniImageNet"}
-
-
-def setting_name(experiment: str, first_order: bool = False) -> str:
-    """The row of Table 1 (:data:`mamllib.paper.TABLE1`) a run reproduces: the
-    experiment, with ``-first-order`` for the first-order approximation. Unknown
-    names are refused."""
-    name = experiment + ("-first-order" if first_order else "")
-    if experiment not in paper.TABLE1:
-        known = sorted(k for k in paper.TABLE1 if not k.endswith("-first-order"))
-        raise ValueError(f"unknown few-shot experiment {experiment!r}; known: {known}")
-    if name not in paper.TABLE1:
-        rows = sorted(k for k in paper.TABLE1 if k.endswith("-first-order"))
-        raise ValueError(f"Table 1 has no first-order row for {experiment!r}: {rows}")
-    return name
-
+__all__ = [
+    "adaptation_curve_loop",
+    "already_evaluated",
+    "check_episodes",
+    "episode_samplers",
+    "evaluate_maml",
+    "model_for",
+    "save_results",
+    "train_and_evaluate",
+    "train_maml",
+]
 
 # Settings that do not change what training computes (see sinusoid._NOT_TRAINING).
 _NOT_TRAINING = {
@@ -60,21 +63,6 @@ _NOT_TRAINING = {
     "n_val_tasks",  # checkpoint selection reads the run, never changes it
     "n_eval_query",
 }
-
-
-def model_for(config: dict[str, Any]) -> Conv4:
-    """The conv-4 skeleton a config asks for.
-
-    Omniglot (the default): 28x28 grey, stride-2 convolutions. MiniImageNet's presets
-    set ``max_pool=True, in_channels=3, image_size=84`` (and 32 filters).
-    """
-    return Conv4(
-        config["n_way"],
-        in_channels=config.get("in_channels", 1),
-        n_filters=config["n_filters"],
-        image_size=config.get("image_size", 28),
-        max_pool=config.get("max_pool", False),
-    )
 
 
 def train_maml(
@@ -200,198 +188,6 @@ class _Selector:
             "n_val_tasks": self.config["n_val_tasks"],
         }
         return dataclasses.replace(result, params=params, selection=selection)
-
-
-def evaluate_maml(
-    params: Params,
-    tasks,
-    config: dict[str, Any],
-    chunk_size: int | None = None,
-    seed: int = EVAL_SEED,
-) -> dict[str, Any]:
-    """Accuracy on fixed test tasks after 0..``n_eval_steps`` inner steps.
-
-    The test tasks come from a fixed evaluation seed, so every run and method meets
-    the same ones. Batch norm uses the statistics of the batch it sees (the support
-    set while adapting, the query set when scoring), as in cbfinn/maml. The query set
-    has ``n_eval_query`` images per class when the config has one (MiniImageNet: K,
-    as cbfinn/maml's test), else ``n_query``.
-
-    Args:
-        chunk_size: tasks per vmap call (memory); default 50 for 28x28 images, 10
-            for larger ones.
-        seed: the task stream; :data:`~mamllib.evaluate.VAL_SEED` for validation.
-
-    Returns:
-        ``{"curve": [n_tasks, steps+1] tensor of accuracies, "steps": summaries,
-        "at_test_steps": mean/ci95 after n_test_inner_steps}``, accuracies in [0, 1].
-    """
-    model, device = model_for(config), torch.device(config["device"])
-    n_steps = max(config["n_eval_steps"], config["n_test_inner_steps"])
-    generator = torch.Generator().manual_seed(seed)
-    n_query = config.get("n_eval_query") or config["n_query"]
-    if chunk_size is None:
-        chunk_size = 50 if config.get("image_size", 28) <= 28 else 10
-    # 84x84 images: one task at a time is about 2x faster than vmap on a CPU (vmap
-    # turns each convolution into a grouped one); same numbers (tests).
-    large = config.get("image_size", 28) > 28
-    curve_fn = adaptation_curve_loop if large else adaptation_curve
-    curves = []
-    for start in range(0, config["n_eval_tasks"], chunk_size):
-        n = min(chunk_size, config["n_eval_tasks"] - start)
-        batch = tasks.sample(
-            n, config["n_way"], config["k_shot"], n_query, generator=generator
-        ).to(device)
-        curves.append(
-            curve_fn(
-                model,
-                params,
-                batch,
-                cross_entropy_loss,
-                config["inner_lr"],
-                n_steps,
-                metric_fn=accuracy,
-            ).cpu()
-        )
-    curve = torch.cat(curves)
-    steps = summarize_curve(curve)
-    return {
-        "curve": curve,
-        "steps": steps,
-        "at_test_steps": steps[config["n_test_inner_steps"]],
-    }
-
-
-def adaptation_curve_loop(
-    model, params: Params, tasks, loss_fn, inner_lr: float, n_steps: int, metric_fn
-) -> torch.Tensor:
-    """:func:`~mamllib.evaluate.adaptation_curve`, one task at a time with autograd.
-
-    Faster than vmap on a CPU for 84x84 images (:func:`evaluate_maml` uses it for
-    them); used in notebook 08 to check that adaptation fits the support set.
-    """
-    curves = []
-    for i in range(len(tasks)):
-        xs, ys = tasks.x_support[i], tasks.y_support[i]
-        xq, yq = tasks.x_query[i], tasks.y_query[i]
-        adapted = {k: v.detach().requires_grad_() for k, v in params.items()}
-        values = []
-        for step in range(n_steps + 1):
-            with torch.no_grad():
-                values.append(metric_fn(forward(model, adapted, xq), yq))
-            if step == n_steps:
-                break
-            # Detached after each step: evaluation needs no graph across steps.
-            adapted = inner_update(model, adapted, xs, ys, loss_fn, inner_lr, True)
-            adapted = detach_params(adapted)
-        curves.append(torch.stack(values))
-    return torch.stack(curves)
-
-
-def already_evaluated(
-    run: RunFolder, config: dict[str, Any], result: FitResult
-) -> str | None:
-    """Why this call need not evaluate: the run's ``metrics.json`` scores its weights.
-
-    Returns a one-line note, or None when the call must evaluate. A note only when
-    this call *resumed* and trained nothing (``result.resumed_from ==
-    result.iterations``), and ``metrics.json`` holds those iterations, the config's
-    number of test tasks and test inner steps, and (with selection on validation
-    tasks) the same selected iteration. The parameters scored then cannot differ from
-    the ones this call ends with, so evaluating again would repeat the same numbers:
-    ``scripts/train_*.py`` skip it unless asked (``--reevaluate``).
-
-    Two cases that look finished but are not: a run retrained from scratch after its
-    checkpoint was deleted reaches the same iterations with new weights, but did not
-    resume at them; and a run stopped by a time limit between validation checkpoints,
-    then called with ``--iterations`` set to where it stopped, is validated at that
-    iteration now and may select it. Both are evaluated.
-    """
-    path = run.file("metrics.json")
-    if result.resumed_from != result.iterations or not path.exists():
-        return None
-    old = read_json(path)
-    at = old.get("test_accuracy", {})
-    same = (old.get("iterations"), at.get("n"), at.get("step")) == (
-        result.iterations,
-        config["n_eval_tasks"],
-        config["n_test_inner_steps"],
-    )
-    selection = result.selection or {}
-    if not same or old.get("selected_iteration") != selection.get("best_iteration"):
-        return None
-    return (
-        f"{path} already holds the evaluation at {result.iterations:,} iterations "
-        f"({old['status']}); not evaluated again (--reevaluate does)"
-    )
-
-
-def save_results(
-    run: RunFolder,
-    config: dict[str, Any],
-    result: FitResult,
-    evaluation: dict[str, Any],
-    evaluation_wall_time_s: float | None = None,
-    **facts: Any,
-) -> str:
-    """Write a run's ``metrics.json``, ``history.json``, final weights and its row of
-    Table 1 (``reproduction.json``) through :mod:`mamllib.report`.
-
-    The status follows :func:`mamllib.paper.run_status` against the paper preset's
-    iterations. ``facts`` go into ``metrics.json`` after the status. Prints a
-    one-line summary and returns the status.
-    """
-    experiment = config["experiment"]
-    target = PRESETS[experiment]["paper"]["n_iterations"]
-    status = paper.run_status(
-        config["preset"], {"maml": result.iterations}, {"maml": target}
-    )
-    at = evaluation["at_test_steps"]
-    # The row of Table 1 this run reproduces, if the paper has one (it has no
-    # first-order Omniglot rows).
-    setting = experiment + ("-first-order" if config["first_order"] else "")
-    value, ci95 = paper.TABLE1.get(setting, (None, None))
-    report.write_results(
-        run,
-        status,
-        {
-            "experiment": experiment,
-            "first_order": config["first_order"],
-            **facts,
-            "iterations": result.iterations,
-            "training_wall_time_s": round(result.wall_time_s, 1),
-            "evaluation_wall_time_s": None
-            if evaluation_wall_time_s is None
-            else round(evaluation_wall_time_s, 1),
-            "device": device_description(config["device"]),
-            "test_accuracy": at,
-            "steps": evaluation["steps"],
-        },
-        history=result.history,
-        params={"maml": result.params},
-        rows=[]
-        if value is None
-        else [
-            report.row(
-                f"{DATASETS[experiment.split('-')[0]]} {config['n_way']}-way "
-                f"{config['k_shot']}-shot",
-                ("first-order " if config["first_order"] else "")
-                + f"MAML test accuracy (%), {config['n_test_inner_steps']} steps",
-                value,
-                paper.TABLE1_SOURCE,
-                100 * at["mean"],
-                100 * at["ci95"],
-                status,
-                paper_ci95=ci95,
-            )
-        ],
-    )
-    print(
-        f"{setting}: accuracy after {config['n_test_inner_steps']} steps "
-        f"{100 * at['mean']:.2f} +- {100 * at['ci95']:.2f} % over {at['n']} tasks "
-        f"({status}) -> {run.path}"
-    )
-    return status
 
 
 def check_episodes(config: dict[str, Any]) -> None:

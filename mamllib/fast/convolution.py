@@ -1,6 +1,6 @@
 """A grouped 2-d convolution whose every derivative picks its own CPU kernel.
 
-Why: :meth:`mamllib.models.Conv4.forward_tasks` runs a whole meta-batch as one
+Why: :func:`mamllib.fast.batched_conv4.forward_tasks` runs a whole meta-batch as one
 grouped convolution per layer (``groups`` = tasks). Second-order MAML then
 differentiates that convolution twice, and PyTorch's grouped kernels are slow on
 some of the resulting shapes on a CPU: at the Omniglot 20-way setting the input

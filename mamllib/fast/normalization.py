@@ -1,14 +1,14 @@
 """Batch norm with batch statistics and an offset, its derivatives written by hand.
 
-Why: second-order MAML through :meth:`mamllib.models.Conv4.forward_tasks` takes the
-derivative of batch norm's backward at every inner step. PyTorch's double backward
+Why: second-order MAML through :func:`mamllib.fast.batched_conv4.forward_tasks` takes
+the derivative of batch norm's backward at every inner step. PyTorch's double backward
 of ``F.batch_norm`` is a composite of about 35 passes over the maps, and its fused
 forward is slower on a CPU than a few elementary ops on the Omniglot maps
-(``benchmarks/README.md``). Here
-the forward, the backward and the backward's derivative are each a few passes, in
-three ``torch.autograd.Function``s (the last one raises if differentiated). Same
-function as ``F.batch_norm(x, None, None, 1, beta, training=True, eps=eps)`` and as
-:func:`mamllib.models.batch_norm_batch_stats` without gamma; ``tests/test_conv4.py``
+(``benchmarks/README.md``). Here the forward, the backward and the backward's derivative
+are each a few passes, in three ``torch.autograd.Function``s (the last one raises if
+differentiated). Same function as
+``F.batch_norm(x, None, None, 1, beta, training=True, eps=eps)`` and as
+:func:`mamllib.conv4.batch_norm_batch_stats` without gamma; ``tests/test_conv4.py``
 checks the value and the first and second derivatives against PyTorch's and with
 ``gradgradcheck``. A third derivative raises (MAML needs two).
 
