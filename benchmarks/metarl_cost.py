@@ -35,8 +35,9 @@ from pathlib import Path
 
 import torch
 
-import mamllib.experiments.metarl as train
+import mamllib.experiments.metarl_trpo as train
 import mamllib.rl.metarl as metarl
+from mamllib.experiments.metarl import initial_params, models
 from mamllib.fast.allocator import add_allocator_option, use_allocator
 from mamllib.presets import make_config
 from mamllib.runs import device_description, git_commit
@@ -87,8 +88,8 @@ for path, objective in list(train.META_OBJECTIVES.items()):
     train.META_OBJECTIVES[path] = timed("line search", objective)
 
 config = make_config(args.experiment, args.preset)
-model = train.models(config)["maml"]
-params = train.initial_params("maml", config)
+model = models(config)["maml"]
+params = initial_params("maml", config)
 generator = make_generator(config["seed"], "tasks")
 for _ in range(args.iters):
     times.clear()

@@ -5,7 +5,9 @@ the tasks (:func:`shard`), so that the union of the shares is exactly the meta-b
 single process would train on, whatever the number of ranks. Each rank computes the
 meta-gradient of its share; :func:`all_reduce_gradients` sums the shares weighted by
 their fraction of the tasks, which is the meta-gradient of the whole meta-batch. Every
-rank then takes the same outer step from the same parameters.
+rank then takes the same outer step from the same parameters. Meta-RL's TRPO step
+reduces every mean over tasks it computes the same way (:func:`all_reduce_weighted`;
+:mod:`mamllib.experiments.metarl_trpo`).
 
 Why not ``DistributedDataParallel``: its reducer hooks the backward pass, and MAML's
 second-order meta-gradient differentiates through ``torch.autograd.grad(...,
@@ -117,6 +119,31 @@ def all_reduce_mean(value: float, fraction: float, device: str = "cpu") -> float
     tensor = torch.tensor([value * fraction], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.item()
+
+
+def all_reduce_weighted(tensor: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The sum over ranks of ``fraction * tensor``, as a new tensor (no graph): a
+    per-task mean of this rank's share made the mean over the whole meta-batch.
+
+    Outside torch.distributed, ``tensor`` itself.
+    """
+    if not is_distributed():
+        return tensor
+    total = tensor.detach() * fraction
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def any_rank(flag: bool, device: str | torch.device = "cpu") -> bool:
+    """True on every rank when ``flag`` is true on any: a decision all ranks take
+    together (e.g. stopping at a time limit that one rank's clock reached first, where
+    the others would wait for it in the next all-reduce). Outside torch.distributed,
+    ``flag``."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
 
 
 def barrier() -> None:

@@ -14,13 +14,15 @@ import torch
 HERE = Path(__file__).parent
 
 
-def torchrun(*args, env=None, wait=True):
+def torchrun(*args, env=None, wait=True, timeout=300):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node", "2", str(HERE / "distributed_worker.py"), *args]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if not wait:
         return subprocess.Popen(command, env=environment, start_new_session=True)
-    done = subprocess.run(command, env=environment, capture_output=True, text=True)
+    done = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -40,6 +42,30 @@ def test_two_ranks_give_the_meta_gradient_of_one_process(tmp_path, problem):
     for k in params:
         torch.testing.assert_close(two_ranks[k], one[k], rtol=0, atol=1e-12)
     assert max(g.abs().max() for g in one.values()) > 1e-3  # not all zero
+
+
+def test_maml_trpo_on_two_ranks_takes_the_steps_of_one_process(tmp_path):
+    """Every iteration's parameters and statistics, float64, 5 tasks split 3+2: the
+    surrogate, its gradient, every KL Hessian-vector product of conjugate gradient
+    and the line search are reduced over the ranks, and each rank samples its tasks'
+    trajectories as one process does."""
+    torchrun("trpo", str(tmp_path / "trpo.pt"))
+    two_ranks = torch.load(tmp_path / "trpo.pt")
+    for run in worker.TRPO_RUNS:
+        steps, history = worker.trpo(*run)
+        assert len(two_ranks[run][0]) == len(steps) == run[2]
+        for one, two in zip(steps, two_ranks[run][0]):
+            for k in one:
+                torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-10)
+        assert two_ranks[run][1].keys() == history.keys()
+        for k, values in history.items():
+            torch.testing.assert_close(
+                torch.tensor(two_ranks[run][1][k]),
+                torch.tensor(values),
+                rtol=0,
+                atol=1e-10,
+            )
+        assert all(f > 0 for f in history["step_fraction"])  # steps were taken
 
 
 def one_process(n_iterations, checkpoint):
@@ -86,3 +112,10 @@ def test_a_killed_two_rank_run_resumes_to_the_same_parameters(tmp_path):
     two = torch.load(tmp_path / "out.pt")
     for k in alone:
         torch.testing.assert_close(two[k], alone[k], rtol=0, atol=1e-10)
+
+
+def test_ranks_stop_together_when_one_reaches_the_time_limit(tmp_path):
+    """Rank 0's time limit is 0 s and rank 1's a day: both stop after iteration 1."""
+    out = str(tmp_path / "t.pt")
+    torchrun("time-limit", out, timeout=120)
+    assert [torch.load(f"{out}.rank{r}") for r in (0, 1)] == [1, 1]

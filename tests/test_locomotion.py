@@ -25,6 +25,7 @@ from mamllib.rl.locomotion import (  # noqa: E402
     sample_goals,
 )
 from mamllib.rl.metarl import meta_objective_loop, meta_objective_vmap  # noqa: E402
+from mamllib.rl.share import TaskShare  # noqa: E402
 
 
 @pytest.mark.parametrize("robot", ["half_cheetah", "ant"])
@@ -127,6 +128,25 @@ def test_goals_reset_noise_and_reproducibility():
 
     torch.testing.assert_close(rollout(3), rollout(3), rtol=0, atol=0)
     assert not torch.equal(rollout(3), rollout(4))
+
+
+def test_a_share_of_the_tasks_starts_where_one_process_starts_them():
+    """Tasks 1:3 of 4 drawn by one rank: the initial states and trajectories a single
+    process draws for them, and the stream left where a single process leaves it."""
+    config = make_config("half_cheetah-direction", "ci")
+    model = models(config)["maml"]
+    params = initial_params("maml", config)
+    goals = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    g_one, g_share = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    env = Locomotion("half_cheetah", "direction", goals, 2, g_one)
+    one = sample_trajectories(model, params, env, 5, g_one)
+    env = Locomotion(
+        "half_cheetah", "direction", goals[1:3], 2, g_share, share=TaskShare(1, 3, 4)
+    )
+    part = sample_trajectories(model, params, env, 5, g_share, TaskShare(1, 3, 4))
+    for k, v in vars(part).items():
+        assert torch.equal(v, getattr(one, k)[1:3]), k
+    assert torch.equal(g_share.get_state(), g_one.get_state())
 
 
 def test_threads_give_the_same_states():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from gradcheck import flat
 
-from mamllib.experiments.metarl import train_policy
+from mamllib.experiments.metarl import GoalBatch, train_policy
 from mamllib.models import MLP
 from mamllib.presets import make_config
 from mamllib.rl.envs import Navigation2D, sample_goals
@@ -32,6 +32,7 @@ from mamllib.rl.rollouts import (
     fit_linear_baseline,
     sample_trajectories,
 )
+from mamllib.rl.share import TaskShare, randn_tasks
 from mamllib.rl.trpo import conjugate_gradient, direct_problem, trpo_step
 
 # --------------------------------------------------------------------------------------
@@ -96,6 +97,40 @@ def test_rollout_masks_stop_at_the_goal():
         traj.returns()[0], torch.full((3,), -0.3), rtol=1e-5, atol=1e-6
     )
     assert traj.positions.shape == (1, 3, 11, 2)
+
+
+def test_a_share_of_the_tasks_samples_what_one_process_samples_for_them():
+    """A rank's tasks 2:4 of 5 get the trajectories of a single process, and its
+    stream ends where a single process's does (the ranks stay in step)."""
+    model = policy_model(2, 2, (8,))
+    params = init_policy_params(model, torch.Generator().manual_seed(0))
+    goals = sample_goals(5, torch.Generator().manual_seed(1))
+    g_one, g_share = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    one = sample_trajectories(model, params, Navigation2D(goals, 3), 6, g_one)
+    share = TaskShare(2, 4, 5)
+    part = sample_trajectories(
+        model, params, Navigation2D(goals[2:4], 3), 6, g_share, share
+    )
+    for k, v in vars(part).items():
+        assert torch.equal(v, getattr(one, k)[2:4]), k
+    assert torch.equal(g_share.get_state(), g_one.get_state())
+    assert share.fraction == 0.4
+
+
+def test_goal_batches_split_into_contiguous_shares():
+    batch = GoalBatch(sample_goals(5, torch.Generator().manual_seed(0)))
+    assert batch.share is None and len(batch) == 5
+    second = batch.subset(torch.arange(5).tensor_split(2)[1])  # as shard takes it
+    assert second.share == TaskShare(3, 5, 5) and torch.equal(
+        second.goals, batch.goals[3:]
+    )
+    assert second.subset(slice(1, 2)).share == TaskShare(4, 5, 5)
+    with pytest.raises(ValueError, match="contiguous"):
+        batch.subset(torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="start < stop"):
+        TaskShare(3, 3, 5)
+    with pytest.raises(ValueError, match="rows"):
+        randn_tasks((3, 2), None, torch.float32, TaskShare(0, 2, 5))
 
 
 def test_discounted_returns_and_linear_baseline():

@@ -60,6 +60,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mamllib.rl.share import TaskShare, randn_tasks
+
 
 @dataclass(frozen=True)
 class Robot:
@@ -173,6 +175,9 @@ class Locomotion:
         generator: the initial states' noise.
         oracle: append the goal to the observation.
         threads: MuJoCo threads for the batched step (1 = this thread only).
+        share: ``goals`` are these tasks of a larger meta-batch (one rank's); the
+            initial states are those a single process draws for them
+            (:mod:`mamllib.rl.share`).
     """
 
     def __init__(
@@ -184,6 +189,7 @@ class Locomotion:
         generator: torch.Generator | None = None,
         oracle: bool = False,
         threads: int = 1,
+        share: TaskShare | None = None,
     ):
         import mujoco
 
@@ -199,7 +205,7 @@ class Locomotion:
         self.model = load_model(robot)
         self.datas = [mujoco.MjData(self.model) for _ in range(threads)]
         self.goals, self.n_traj, self.oracle = goals.float(), int(n_traj), oracle
-        self.generator = generator
+        self.generator, self.share = generator, share
         m = self.model
         self.nq, self.nv, self.act_dim = m.nq, m.nv, m.nu
         self.dt = m.opt.timestep * self.spec.frame_skip
@@ -244,12 +250,14 @@ class Locomotion:
     def reset(self) -> torch.Tensor:
         """Every episode at the initial pose plus rllab's noise; the first
         observation."""
-        qpos_noise = torch.randn(
-            (self.n, self.nq), generator=self.generator, dtype=torch.float64
-        )
-        qvel_noise = torch.randn(
-            (self.n, self.nv), generator=self.generator, dtype=torch.float64
-        )
+
+        def noise(size: int) -> torch.Tensor:
+            return randn_tasks(
+                (self.n, size), self.generator, torch.float64, self.share, self.n_traj
+            )
+
+        qpos_noise = noise(self.nq)
+        qvel_noise = noise(self.nv)
         self.state[:] = 0.0
         self.qpos[:] = self.model.qpos0 + 0.01 * qpos_noise.numpy()
         self.qvel[:] = 0.1 * qvel_noise.numpy()

@@ -17,6 +17,7 @@ import torch
 from mamllib.batch import Batch
 from mamllib.models import MLP, Params
 from mamllib.rl.policy import per_task_mean, policy_mean
+from mamllib.rl.share import TaskShare, randn_tasks
 
 
 @dataclass
@@ -51,6 +52,7 @@ def sample_trajectories(
     env,
     horizon: int,
     generator: torch.Generator,
+    share: TaskShare | None = None,
 ) -> Trajectories:
     """Roll out the Gaussian policy ``params`` in ``env`` for ``horizon`` steps.
 
@@ -61,6 +63,9 @@ def sample_trajectories(
     ``params`` is either one policy (shared by every task) or a meta-batch of policies
     with a leading task axis (``params["log_std"]`` is then ``[n_tasks, act_dim]``),
     e.g. the adapted policies, one per task. Noise comes from ``generator`` only.
+
+    ``share``: the tasks of ``env`` are these of a larger meta-batch (one rank's); the
+    noise is what a single process draws for them (:mod:`mamllib.rl.share`).
     """
     per_task = params["log_std"].dim() == 2
     obs = env.reset()
@@ -76,9 +81,7 @@ def sample_trajectories(
             if per_task
             else policy_mean(model, params, obs)
         )
-        noise = torch.randn(
-            (n_tasks, n_traj, act_dim), generator=generator, dtype=obs.dtype
-        )
+        noise = randn_tasks((n_tasks, n_traj, act_dim), generator, obs.dtype, share)
         action = mean + std * noise
         all_mask.append(env.alive.to(obs.dtype))
         all_obs.append(obs)
