@@ -1,5 +1,12 @@
 """Shared test set-up: one thread per process (CI has 2 cores), quiet progress bars,
-where the data sets are, and a loud line at the end when data tests were skipped.
+a clean ``MAMLLIB_*`` environment, where the data sets are, and a loud line at the end
+when data tests were skipped.
+
+Every test (and every session fixture) starts without the ``MAMLLIB_*`` variables of
+the user's shell, ``MAMLLIB_DATA`` excepted (:func:`clean_mamllib_environment`): a
+``MAMLLIB_RESULTS``, ``MAMLLIB_CACHE``, ``MAMLLIB_ROOT``, ``MAMLLIB_PRESET``... set for
+real runs must neither redirect what a test writes nor change what it computes. A test
+that needs one sets it with ``monkeypatch`` (e.g. :func:`results_dir`).
 
 The data folder is ``$MAMLLIB_DATA`` if set (a relative path is taken from the
 working directory pytest starts in), else ``<repository>/../shared/data``, found from
@@ -17,8 +24,38 @@ import torch
 
 from mamllib.data.store import DATA_ENV
 
-os.environ.setdefault("MAMLLIB_PROGRESS", "0")
 torch.set_num_threads(1)
+
+MAMLLIB_PREFIX = "MAMLLIB_"
+KEPT_VARIABLES = frozenset({DATA_ENV})  # where the data sets are: tests need it
+QUIET = {"MAMLLIB_PROGRESS": "0"}  # what every test starts with
+
+
+def clean_environment(patch: pytest.MonkeyPatch) -> None:
+    """Remove every ``MAMLLIB_*`` variable but :data:`KEPT_VARIABLES` through
+    ``patch`` (restored when it is undone), then set :data:`QUIET`."""
+    for name in list(os.environ):
+        if name.startswith(MAMLLIB_PREFIX) and name not in KEPT_VARIABLES:
+            patch.delenv(name)
+    for name, value in QUIET.items():
+        patch.setenv(name, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_session_environment():
+    """The clean environment for session fixtures too (they start before a test's
+    own fixtures), restored after the session."""
+    with pytest.MonkeyPatch.context() as patch:
+        clean_environment(patch)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def clean_mamllib_environment(monkeypatch):
+    """Each test starts from the clean environment, whatever an earlier test (or code
+    it called, e.g. ``python -m mamllib run``) left in ``os.environ``."""
+    clean_environment(monkeypatch)
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_SKIPPED = "data not found"  # how every data skip reason starts
