@@ -9,7 +9,13 @@ called first in every notebook's setup cell, reads the cells the kernel has run
 those the cell just before it declares, and raises before any work is done. Without an
 injected cell (JupyterLab, nbval, the book build) or outside IPython it does nothing.
 
-Bottom floor: the standard library only (IPython is looked up when called).
+The rest of a chapter's setup cell is two calls: :func:`check_experiment` refuses an
+experiment the chapter does not run (before any data is read), and
+:func:`start_chapter` resolves the preset, makes the config, opens the run folder and
+prints the config in one line.
+
+Bottom floor as imported: the standard library only. :func:`start_chapter` imports
+the library (presets, runs, plot) when it is called, as a notebook would.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import ast
 import difflib
 from collections.abc import Sequence
+from typing import Any
 
 # The first line of the cell papermill injects (its Python translator's comment).
 INJECTED_HEADER = "# Parameters"
@@ -123,3 +130,66 @@ def check_parameters(history: Sequence[str] | None = None) -> None:
         "does not assign, and the run would go on with the defaults; pass only the "
         "names above (-p NAME VALUE)."
     )
+
+
+def check_experiment(
+    experiment: str, families: str | Sequence[str], elsewhere: str = ""
+) -> None:
+    """Raise ValueError unless ``experiment`` is of one of ``families``.
+
+    An experiment's family is its name before the first ``-`` (``omniglot`` for
+    ``omniglot-20way-1shot``). A chapter calls this first in its setup cell, so that a
+    wrong ``experiment`` fails before any data is read or any training starts.
+
+    Args:
+        families: the families the notebook runs, e.g. ``"omniglot"``.
+        elsewhere: where the other experiments are run, added to the message.
+    """
+    families = (families,) if isinstance(families, str) else tuple(families)
+    if experiment.split("-")[0] in families:
+        return
+    runs = " or ".join(f"{family}-*" for family in families)
+    raise ValueError(
+        f"experiment={experiment!r}: this notebook runs {runs} experiments only"
+        + (f"; {elsewhere}" if elsewhere else "")
+    )
+
+
+def start_chapter(
+    experiment: str,
+    preset: str,
+    show: Sequence[str] = (),
+    threads: int | None = None,
+    **overrides: Any,
+) -> tuple[dict[str, Any], Any]:
+    """A chapter's setup after its checks: the config and the run folder.
+
+    Resolves the preset (the ``MAMLLIB_PRESET`` environment variable wins over
+    ``preset``), makes the validated config of ``experiment`` with ``overrides``
+    (``None`` values take the preset's), opens the run folder that ``python -m
+    mamllib train`` also writes (so training resumes from its checkpoints; this seeds
+    torch's global generator and writes ``config.json``), sets the plot style and
+    prints the config in one line.
+
+    Args:
+        show: more config keys for the printed line.
+        threads: torch's intra-op threads, when the chapter states its timings on a
+            given number.
+
+    Returns:
+        ``(config, run)``: a plain dict and a :class:`mamllib.runs.RunFolder`.
+    """
+    from mamllib.experiments import run_name
+    from mamllib.plot import use_house_style
+    from mamllib.presets import make_config, resolve_preset, summary
+    from mamllib.runs import start_run
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    config = make_config(experiment, resolve_preset(preset), **overrides)
+    run = start_run(run_name(config), config)
+    use_house_style()
+    print(" | ".join([summary(config), *(f"{k}={config[k]}" for k in show)]))
+    return config, run

@@ -1,15 +1,22 @@
-"""A notebook refuses a parameter that papermill injects but it does not declare."""
+"""A notebook refuses a parameter that papermill injects but it does not declare, and a
+chapter refuses an experiment that another chapter runs."""
 
 import json
 import subprocess
 import sys
 
+import papermill
 import pytest
 from papermill.exceptions import PapermillExecutionError
 from papermill.translators import translate_parameters
 
 from mamllib.cli import run_notebook
-from mamllib.notebook import assigned_names, check_parameters, find_parameters
+from mamllib.notebook import (
+    assigned_names,
+    check_experiment,
+    check_parameters,
+    find_parameters,
+)
 from mamllib.runs import repo_root
 
 DECLARED = (
@@ -114,3 +121,52 @@ def test_papermill_run_refuses_an_unknown_parameter_before_any_work(
     run, _ = run_notebook(notebook, "ci", 3, {})
     config = json.loads(run.file("config.json").read_text())
     assert (config["preset"], config["seed"]) == ("ci", 3)
+
+
+def test_check_experiment_accepts_the_chapters_families_only():
+    check_experiment("omniglot-20way-5shot", "omniglot")
+    check_experiment("ant-velocity", ("half_cheetah", "ant"))
+    with pytest.raises(ValueError) as error:
+        check_experiment("miniimagenet-5way-1shot", "omniglot", "see chapter 8")
+    assert str(error.value) == (
+        "experiment='miniimagenet-5way-1shot': this notebook runs omniglot-* "
+        "experiments only; see chapter 8"
+    )
+    with pytest.raises(
+        ValueError, match="runs half_cheetah-\\* or ant-\\* experiments"
+    ):
+        check_experiment("navigation", ("half_cheetah", "ant"))
+
+
+@pytest.mark.parametrize(
+    "notebook, experiment, runs",
+    [
+        ("notebooks/07-omniglot.ipynb", "miniimagenet-5way-1shot", "omniglot-*"),
+        ("notebooks/08-miniimagenet.ipynb", "omniglot-5way-1shot", "miniimagenet-*"),
+    ],
+)
+def test_a_chapter_refuses_another_chapters_experiment_before_any_work(
+    notebook, experiment, runs, results_dir, monkeypatch, tmp_path
+):
+    # Empty data and cache folders: reading (or downloading) any data set would fail
+    # with another message, or hang, so the refusal must come first.
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("MAMLLIB_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("MAMLLIB_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.delenv("MAMLLIB_PRESET", raising=False)
+    path = repo_root() / notebook
+    with pytest.raises(PapermillExecutionError) as error:
+        papermill.execute_notebook(
+            str(path),
+            str(tmp_path / "out.ipynb"),
+            parameters={"preset": "ci", "experiment": experiment},
+            cwd=str(path.parent),
+            progress_bar=False,
+            execution_timeout=120,
+        )
+    assert error.value.ename == "ValueError"
+    assert f"experiment='{experiment}': this notebook runs {runs} experiments only" in (
+        error.value.evalue
+    )
+    assert not results_dir.exists()  # no run folder: refused before the run started
+    assert not (tmp_path / "no-cache").exists()
