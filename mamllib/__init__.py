@@ -8,7 +8,8 @@ Every module, by floor from the ground up (imports point down only):
 
     batch           the meta-batch container (a task axis on every tensor)
     plot            the house figure style
-    paper           the paper's numbers with their sources; complete or partial
+    paper           the paper's numbers with their sources; complete or partial;
+                    paper_settings: the paper's and the original code's settings
     presets/        ci / book / paper configs, one file per domain; validation
     fast/           speed only, each tested equal to the readable code it replaces:
                     convolution, normalization (CPU kernels), batched_conv4 (the
@@ -32,8 +33,9 @@ Every module, by floor from the ground up (imports point down only):
     maml            inner_step, adapt, the meta-objective (loop, vmap, batched)
     evaluate        adaptation curves on fixed evaluation tasks; mean and 95% CI
     baselines       the pretrained and oracle objectives, fine-tuning step sizes
-    report          the one writer of metrics, reproduction rows and artifacts, and
-                    the readers chapters build their tables with
+    report/         writer (the one writer of metrics, reproduction rows and
+                    artifacts), artifacts (the readers chapters build their tables
+                    with), reproduction and settings (the book's results pages)
     progress        what a run shows while it runs: the bar's switch, checkpoint lines
     checkpoints     a checkpoint read back (other settings refused); the run's lock
     outer_steps     what one iteration computes: Adam on an objective, MAML's

@@ -5,6 +5,10 @@ Abbeel & Levine (2017), or cbfinn/maml (cbfinn/maml_rl) where the paper is silen
 Where a preset deliberately differs from the paper, the assertion holds our value
 and the comment names the documented difference. MiniImageNet's paper presets are
 held in ``tests/test_miniimagenet.py`` (``test_presets_follow_the_paper``).
+
+The last section holds :data:`mamllib.paper.SETTINGS` (the paper's and the original
+code's values, which the book's settings page sets beside the presets) to the presets:
+every setting listed, every difference explained by a note.
 """
 
 import math
@@ -217,3 +221,100 @@ def test_locomotion_paper_preset(experiment):
     assert task in ("velocity", "direction")
     expected = {"half_cheetah": (0.0, 2.0), "ant": (0.0, 3.0)}[robot]
     assert ROBOTS[robot].goal_velocity_range == expected
+
+
+# ------------------------------------------------------------------------------------
+# The settings page's data (mamllib.paper.SETTINGS) against the presets
+# ------------------------------------------------------------------------------------
+
+
+def test_the_families_cover_every_experiment_once():
+    from mamllib.paper import FAMILIES
+
+    experiments = [e for _, members, _ in FAMILIES.values() for e in members]
+    assert sorted(experiments) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize(
+    "family", ["sinusoid", "omniglot", "miniimagenet", "navigation", "locomotion"]
+)
+def test_the_settings_page_lists_every_setting_of_the_paper_presets(family):
+    from mamllib.paper import BOOKKEEPING, FAMILIES, SETTINGS
+    from mamllib.report import SETTING_LABELS
+
+    keys = {k for e in FAMILIES[family][1] for k in paper(e)} - {
+        "experiment",
+        "preset",
+        *BOOKKEEPING,
+    }
+    assert set(SETTINGS[family]) == keys
+    assert keys <= set(SETTING_LABELS)
+
+
+def test_every_difference_has_a_note():
+    # ours against the paper's stated value (or, where it is silent, the code's),
+    # and the paper against the code
+    from mamllib.paper import FAMILIES, SETTINGS, variant_value
+
+    unexplained = []
+    for family, (_, experiments, _) in FAMILIES.items():
+        for key, s in SETTINGS[family].items():
+            for e in experiments:
+                ours = paper(e)[key]
+                stated = variant_value(s.paper, e)
+                code = variant_value(s.code, e)
+                differs = stated is not None and stated != ours
+                disagree = None not in (stated, code) and stated != code
+                # where the paper is silent the preset takes the code's value
+                departs = stated is None and code is not None and code != ours
+                if (differs or disagree or departs) and not s.note:
+                    unexplained.append((e, key, stated, code, ours))
+    assert unexplained == []
+
+
+def test_the_settings_hold_the_original_codes_documented_values():
+    from mamllib.paper import SETTINGS, variant_value
+
+    # cbfinn/maml main.py: update_lr defaults to 1e-3 and the sinusoid usage line
+    # leaves it; meta_batch_size 25, meta_lr 1e-3, --metatrain_iterations=70000
+    s = SETTINGS["sinusoid"]
+    assert (s["inner_lr"].paper, s["inner_lr"].code) == (0.01, 1e-3)
+    assert s["meta_batch_size"].code == 25 and s["n_iterations"].code == 70_000
+    # App. A.1: 3 test steps at 5-way; the code's test_num_updates is 10
+    o = SETTINGS["omniglot"]["n_test_inner_steps"]
+    assert (variant_value(o.paper, "omniglot-5way-1shot"), o.code) == (3, 10)
+    # App. A.1: meta-batch 2 at 5-shot; the usage line says 4 for both shots
+    m = SETTINGS["miniimagenet"]["meta_batch_size"]
+    assert (variant_value(m.paper, "miniimagenet-5way-5shot"), m.code) == (2, 4)
+    assert SETTINGS["miniimagenet"]["clip_grad"].code == 10.0
+    # maml_trpo_point.py: fast_learning_rates=[0.5], meta_batch_size=40, n_itr=100
+    n = SETTINGS["navigation"]
+    assert [n[k].code for k in ("inner_lr", "meta_batch_size", "n_iterations")] == [
+        0.5,
+        40,
+        100,
+    ]
+    # cluster_maml_trpo_*.py: n_itr 800 where the paper says up to 500
+    loco = SETTINGS["locomotion"]["n_iterations"]
+    assert (loco.paper, loco.code) == (500, 800)
+
+
+def test_variant_values_pick_by_part_of_the_experiments_name():
+    from mamllib.paper import variant_value
+
+    by_way = {"5way": 0.4, "20way": 0.1}
+    assert variant_value(by_way, "omniglot-20way-5shot") == 0.1
+    assert variant_value(by_way, "omniglot-5way-1shot") == 0.4
+    rollouts = {"ant-direction": 40, "other": 20}
+    assert variant_value(rollouts, "ant-direction") == 40
+    assert variant_value(rollouts, "ant-velocity") == 20
+    assert variant_value(0.01, "anything") == 0.01
+    with pytest.raises(ValueError, match="no single entry"):
+        variant_value({"5way": 1}, "omniglot-20way-1shot")
+
+
+def test_the_papers_unreproduced_rows_name_runnable_experiments():
+    from mamllib.paper import APPENDIX_C, FIGURE5, TABLE1
+
+    assert set(FIGURE5) | set(APPENDIX_C) <= set(PRESETS)
+    assert {run.removesuffix("-first-order") for run in TABLE1} <= set(PRESETS)
