@@ -1,11 +1,12 @@
 """Golden outputs for nbval, kept beside the tests so the notebooks stay output-free.
 
-nbval compares a cell marked ``# NBVAL_CHECK_OUTPUT`` with the outputs stored in the
+nbval compares a cell tagged ``nbval-check-output`` with the outputs stored in the
 notebook file, but our notebooks are committed without outputs. This plugin (loaded
 with ``-p tests.nbval_golden``) hands nbval the expected stdout of each marked cell from
 ``tests/golden_outputs.json`` ({notebook file name: {cell id: text}}), as if it had been
-stored in the notebook. A marked cell without a golden, or a golden whose cell is gone,
-is an error: nothing is silently left unchecked.
+stored in the notebook. A cell tag, not a ``# NBVAL_CHECK_OUTPUT`` comment, marks
+the cell, so the rendered book shows no marker. A marked cell without a golden, or a
+golden whose cell is gone, is an error: nothing is silently left unchecked.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import nbformat
 import nbval.plugin
 
 GOLDEN_FILE = Path(__file__).with_name("golden_outputs.json")
-MARKER = "# NBVAL_CHECK_OUTPUT"
+TAG = "nbval-check-output"
 
 
 def _golden() -> dict[str, dict[str, str]]:
@@ -28,11 +29,15 @@ def with_goldens(nb, path: str):
     """Fill the outputs of ``nb``'s marked cells from the golden file."""
     name = Path(path).name
     expected = _golden().get(name, {})
-    marked = {c.id for c in nb.cells if c.cell_type == "code" and MARKER in c.source}
+    marked = {
+        c.id
+        for c in nb.cells
+        if c.cell_type == "code" and TAG in c.metadata.get("tags", [])
+    }
     if marked - set(expected):
         raise ValueError(
-            f"{name}: cells {sorted(marked - set(expected))} are marked "
-            f"{MARKER} but have no golden output in {GOLDEN_FILE}"
+            f"{name}: cells {sorted(marked - set(expected))} are tagged "
+            f"{TAG!r} but have no golden output in {GOLDEN_FILE}"
         )
     if set(expected) - marked:
         raise ValueError(
