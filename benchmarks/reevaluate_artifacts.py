@@ -25,8 +25,11 @@ status line is recomputed from them. Text (status lines, row labels) is compared
 too but reported apart from the numbers.
 
 Everything runs on the CPU, whatever device the run used (``--threads`` intra-op
-threads, 1 by default). A number counts as equal when ``|now - committed| <=
-rtol * max(|now|, |committed|) + atol``. Run from the repository root:
+threads, 1 by default), unless ``--device`` names another: a GPU's numbers match
+the CPU's only to rounding (cuDNN's TF32 convolutions, other reduction orders), so
+an artifact evaluated on a GPU is compared exactly on one. A number counts as equal
+when ``|now - committed| <= rtol * max(|now|, |committed|) + atol``. Run from the
+repository root:
 
     .venv/bin/python benchmarks/reevaluate_artifacts.py [ARTIFACT ...] \\
         [--out benchmarks/results/reevaluation.json] [--all-rows]
@@ -74,6 +77,10 @@ EVALUATED = {
 
 def load_params(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def to(params: dict[str, torch.Tensor], device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in params.items()}
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -137,7 +144,10 @@ def fewshot_sampler(config: dict[str, Any], split: str):
 def evaluate_sinusoid(folder, config, committed, run):
     from mamllib.experiments import sinusoid
 
-    trained = {m: load_params(folder / f"params-{m}.pt") for m in sinusoid.METHODS}
+    device = torch.device(config["device"])
+    trained = {
+        m: to(load_params(folder / f"params-{m}.pt"), device) for m in sinusoid.METHODS
+    }
     t0 = time.perf_counter()
     evaluation = sinusoid.evaluate_methods(trained, config)
     seconds = time.perf_counter() - t0
@@ -158,7 +168,7 @@ def evaluate_sinusoid(folder, config, committed, run):
 def evaluate_fewshot(folder, config, committed, run, selection=True):
     from mamllib.experiments import fewshot
 
-    params = load_params(folder / "params-maml.pt")
+    params = to(load_params(folder / "params-maml.pt"), torch.device(config["device"]))
     test = fewshot_sampler(config, "test")
     t0 = time.perf_counter()
     evaluation = fewshot.evaluate_maml(params, test, config)
@@ -268,7 +278,9 @@ def reevaluate(name: str, args) -> dict[str, Any]:
     committed = read_json(folder / "metrics.json")
     kind = domain(config["experiment"])
     original_device = config.get("device", "cpu")
-    config = {**config, "device": "cpu"}
+    # Meta-RL samples its trajectories on the CPU whatever the device.
+    device = "cpu" if kind == "metarl" else args.device
+    config = {**config, "device": device}
     full = {"test": config["n_eval_tasks"], "validation": config.get("n_val_tasks")}
     if args.estimate:
         config["n_eval_tasks"] = min(args.estimate, full["test"])
@@ -285,6 +297,7 @@ def reevaluate(name: str, args) -> dict[str, Any]:
         "experiment": config["experiment"],
         "kind": kind,
         "device_of_committed_run": original_device,
+        "device": device,
         "committed_evaluation": committed.get("device"),
         "weights": [f"params-{m}.pt" for m in methods],
         "checks": weight_checks(folder, methods),
@@ -378,6 +391,12 @@ def main() -> int:
     parser.add_argument("artifacts", nargs="*", help="names under artifacts/ (all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where sinusoid and few-shot artifacts are scored (e.g. cuda, for "
+        "an artifact evaluated on a GPU); meta-RL always on the CPU",
+    )
     parser.add_argument("--rtol", type=float, default=1e-6)
     parser.add_argument("--atol", type=float, default=1e-12)
     parser.add_argument("--estimate", type=int, default=None, metavar="N")
