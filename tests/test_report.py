@@ -379,3 +379,45 @@ def test_table1_gives_each_artifact_its_status_by_the_one_rule(root):
         "(600 tasks) | partial: paper preset, 300 of 60,000 meta-iterations |"
     ) in table.splitlines()
     assert found["miniimagenet-5way-1shot"] is None
+
+
+def test_further_seeds_are_kept_out_of_the_tables_and_spread_across_seeds(root):
+    values = {0: 98.7, 1: 97.1, 2: 99.0}
+    for seed, ours in values.items():
+        if seed:
+            write_artifact(
+                root,
+                f"omniglot-5way-1shot-seed-{seed}-paper",
+                {"experiment": "omniglot-5way-1shot", "seed": seed},
+                {"status": "complete", "iterations": 60_000},
+                [
+                    fewshot_row(
+                        "Omniglot 5-way 1-shot",
+                        "MAML test accuracy (%), 3 steps",
+                        98.7,
+                        0.4,
+                        ours,
+                        0.3,
+                    )
+                ],
+            )
+    # the tables (and find_artifact) still show seed 0 only
+    assert [a["name"] for a in read_artifacts(root)][0] == "omniglot-5way-1shot-paper"
+    assert len(read_artifacts(root)) == 3
+    assert len(read_artifacts(root, every_seed=True)) == 5
+    assert report.find_artifact("omniglot-5way-1shot", root)["config"]["seed"] == 0
+    ours_seed0 = reproduction_rows(root)[0]["ours"]
+    values[0] = ours_seed0
+    table = report.seed_spread(root)
+    (line,) = [x for x in table.splitlines() if "seeds 0, 1, 2" in x]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3] == ", ".join(f"{values[s]:.2f}" for s in (0, 1, 2))
+    mean = sum(values.values()) / 3
+    sd = (sum((v - mean) ** 2 for v in values.values()) / 2) ** 0.5
+    assert cells[4] == f"{mean:.2f} ± {sd:.2f}"
+    # the runs with one seed get no row
+    assert "navigation" not in table.lower() and table.count("\n") == 2
+
+
+def test_no_spread_without_a_second_seed(root):
+    assert report.seed_spread(root).startswith("No run has been trained")

@@ -35,6 +35,7 @@ from mamllib.report.reproduction import (
     reproduction_panels,
     reproduction_rows,
     reproduction_table,
+    seed_spread,
     split_quantity,
 )
 from mamllib.report.settings import (
@@ -73,6 +74,7 @@ __all__ = [
     "not_reproduced",
     "ours_cell",
     "provenance",
+    "seed_spread",
     "read_artifact",
     "read_artifacts",
     "read_benchmark",

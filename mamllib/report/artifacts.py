@@ -50,7 +50,8 @@ def read_artifact(name: str, root: Path | None = None) -> dict[str, Any] | None:
 
 def find_artifact(run: str, root: Path | None = None) -> dict[str, Any] | None:
     """The paper-scale artifact of a run (``artifacts/<run>-paper*/``, the last by
-    name when several), as :func:`read_artifact` returns it, or None.
+    name when several), as :func:`read_artifact` returns it, or None. Artifacts of
+    further training seeds are named ``<run>-seed-<n>-paper`` and are not found here.
 
     ``run`` is a run name (:func:`mamllib.experiments.run_name`): the experiment,
     with ``-first-order`` for first-order MAML.
@@ -169,17 +170,34 @@ TARGET_KEYS = {
 }
 
 
-def read_artifacts(root: Path | None = None) -> list[dict[str, Any]]:
-    """Every committed artifact with rows (``artifacts/*/reproduction.json``), as
+def read_artifacts(
+    root: Path | None = None, every_seed: bool = False
+) -> list[dict[str, Any]]:
+    """Committed artifacts with rows (``artifacts/*/reproduction.json``), as
     :func:`read_artifact` returns it plus ``"rows"``, in the paper's order: Table 1,
-    Table 2, App. C, each in :mod:`mamllib.paper`'s order."""
+    Table 2, App. C, each in :mod:`mamllib.paper`'s order.
+
+    Args:
+        every_seed: every artifact; by default only each run's lowest training seed,
+            the one the tables report (:func:`mamllib.report.seed_spread` shows the
+            others beside it).
+    """
     root = root or repo_root()
     found = []
     for path in sorted((root / "artifacts").glob("*/reproduction.json")):
         artifact = read_artifact(path.parent.name, root)
         if artifact is not None:
             found.append({**artifact, "rows": read_json(path)})
-    return sorted(found, key=_paper_order)
+    if not every_seed:
+        first: dict[str, int] = {}
+        for a in found:
+            first[run_of(a)] = min(first.get(run_of(a), _seed(a)), _seed(a))
+        found = [a for a in found if _seed(a) == first[run_of(a)]]
+    return sorted(found, key=lambda a: (*_paper_order(a), _seed(a)))
+
+
+def _seed(artifact: Mapping[str, Any]) -> int:
+    return int((artifact["config"] or {}).get("seed", 0))
 
 
 def run_of(artifact: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@ made.
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from mamllib.report.artifacts import (
     find_artifact,
     format_interval,
     read_artifacts,
+    run_of,
     schedule_reached,
 )
 
@@ -130,6 +132,47 @@ def reproduction_panels(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
     return list(panels.values())
 
 
+def seed_spread(root: Path | None = None, digits: int = 2) -> str:
+    """Runs trained with several seeds, as a Markdown table: per quantity the paper's
+    number, ours for each training seed (in the order the experiment cell lists the
+    seeds; a partial seed is marked with the schedule it reached), and their mean ±
+    standard deviation across seeds (``ddof=1``).
+
+    Returns:
+        The table, or a sentence saying no run has more than one seed.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for artifact in read_artifacts(root, every_seed=True):
+        runs.setdefault(run_of(artifact), []).append(artifact)
+    runs = {run: found for run, found in runs.items() if len(found) > 1}
+    if not runs:
+        return "No run has been trained with more than one seed yet."
+    lines = [
+        "| experiment | quantity | paper | ours, per seed | mean ± sd across seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for found in runs.values():
+        seeds = ", ".join(
+            str(a["config"].get("seed", 0))
+            + ("" if artifact_status(a) == "complete" else f" ({schedule_reached(a)})")
+            for a in found
+        )
+        values: dict[str, list[float]] = {}
+        for a in found:
+            for r in a["rows"]:
+                values.setdefault(r["quantity"], []).append(r["ours"])
+        for i, r in enumerate(found[0]["rows"]):
+            ours = values[r["quantity"]]
+            name = f"{r['experiment']} ({r['source']}; seeds {seeds})" if i == 0 else ""
+            lines.append(
+                f"| {name} | {r['quantity']} | {r['paper']} | "
+                + ", ".join(f"{v:.{digits}f}" for v in ours)
+                + f" | {statistics.mean(ours):.{digits}f} ± "
+                f"{statistics.stdev(ours):.{digits}f} |"
+            )
+    return "\n".join(lines)
+
+
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
@@ -161,7 +204,7 @@ def provenance(root: Path | None = None) -> str:
     (as recorded in its ``manifest.json``; a ``--note '...'`` the command carried is
     shown as ``NOTE``, one part of a multi-part command per line)."""
     blocks = []
-    for artifact in read_artifacts(root):
+    for artifact in read_artifacts(root, every_seed=True):
         m = artifact["manifest"] or {}
         status = artifact_status(artifact)
         word = "complete" if status == "complete" else "partial"
