@@ -172,7 +172,7 @@ def meta_loss_loop(
     """Mean query loss after adaptation over a meta-batch, one task at a time.
 
     Returns a scalar whose gradient w.r.t. ``params`` is the MAML meta-gradient
-    (Algorithm 1, line 10, before the ``outer_lr`` step).
+    (Algorithm 1, line 8; Algorithm 2, line 10; before the ``outer_lr`` step).
     """
     losses = []
     for i in range(len(tasks)):
@@ -312,18 +312,23 @@ META_LOSSES = {
     "vmap": meta_loss_vmap,
     "batched": meta_loss_batched,
 }
-STRATEGIES = (*META_LOSSES, "threads")
+STRATEGIES = (*META_LOSSES, "threads", "compiled")
 
 
 def meta_loss_of(strategy: str) -> Callable[..., torch.Tensor]:
     """The meta-objective function of a compute ``strategy``; a clear error for others.
 
-    ``"threads"`` lives with the other CPU speed-ups (:mod:`mamllib.fast.threads`).
+    ``"threads"`` and ``"compiled"`` live with the other speed-ups
+    (:mod:`mamllib.fast.threads`, :mod:`mamllib.fast.compiled`).
     """
     if strategy == "threads":
         from mamllib.fast.threads import meta_loss_threads
 
         return meta_loss_threads
+    if strategy == "compiled":
+        from mamllib.fast.compiled import meta_loss_compiled
+
+        return meta_loss_compiled
     if strategy not in META_LOSSES:
         raise ValueError(
             f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}"
@@ -346,7 +351,8 @@ def meta_gradient(
     Args:
         strategy: how to compute it: ``"vmap"`` (fast), ``"loop"`` (readable),
             ``"batched"`` (fast without vmap, for models with ``forward_tasks``) or
-            ``"threads"`` (the batched path with the tasks shared among CPU threads);
+            ``"threads"`` (the batched path with the tasks shared among CPU threads)
+            or ``"compiled"`` (the vmap path under ``torch.compile``, MLP only);
             tests prove they agree.
     """
     loss = meta_loss_of(strategy)(

@@ -111,9 +111,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "outer_lr": _positive_float(),
     "first_order": (lambda v: isinstance(v, bool), "True or False"),
     "strategy": (
-        lambda v: v in ("loop", "vmap", "batched", "threads"),
-        "'loop', 'vmap', 'batched' or 'threads' (batched and threads: models with "
-        "forward_tasks only)",
+        lambda v: v in ("loop", "vmap", "batched", "threads", "compiled"),
+        "'loop', 'vmap', 'batched', 'threads' or 'compiled' (batched and threads: "
+        "models with forward_tasks only; compiled: the MLP only)",
     ),
     "device": (_cuda_ok, "'cpu', or 'cuda' when a CUDA GPU is available"),
     "n_traj": _int_at_least(1),
