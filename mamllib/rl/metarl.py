@@ -234,7 +234,7 @@ def _per_task_surrogate_and_kl(
     return surrogates.sum(), kls.sum()
 
 
-def meta_trpo_problem(
+def meta_trpo_problem_reference(
     model: MLP,
     params: Params,
     pre: PGData | None,
@@ -243,7 +243,8 @@ def meta_trpo_problem(
     first_order: bool = False,
 ):
     """The surrogate's value and gradient and the KL's Hessian-vector product at
-    ``params``, through the inner step, with second derivatives only.
+    ``params``, through the inner step, with second derivatives only (the readable
+    path that :func:`meta_trpo_problem` is held to).
 
     With theta'_i = theta - alpha grad L_i(theta), the chain rule gives
     J_i = d theta'_i / d theta = I - alpha H_i (H_i the Hessian of the inner loss L_i;
@@ -319,3 +320,236 @@ def meta_trpo_problem(
         return mean_over_tasks(jvp_inner(fisher(jvp_inner(per_task(vector)))))
 
     return surrogate.item() / n, gradient.detach(), hvp
+
+
+# --------------------------------------------------------------------------------------
+# The same problem with every product written out (what training uses)
+# --------------------------------------------------------------------------------------
+
+
+def _samples(t: torch.Tensor) -> torch.Tensor:
+    """``[n_tasks, n_traj, T, ...]`` -> ``[n_tasks, n_traj * T, ...]``."""
+    return t.reshape(t.shape[0], -1, *t.shape[3:])
+
+
+class _InnerCurvature:
+    """The inner losses L_i at theta (one network for every task): their gradients
+    and Hessian-vector products H_i u, from one forward and one backward pass.
+
+    With w_t = A_t m_t / N (N valid steps) and r = a - mu, L_i = -sum_t w_t log pi,
+    whose derivatives in the mean and the log std s are
+
+        dL/dmu_t = -w_t r_t / sigma^2,      dL/ds = sum_t w_t (1 - r_t^2 / sigma^2).
+    """
+
+    def __init__(self, layers, log_std, pre: PGData, keep_curvature: bool):
+        from mamllib.fast import mlp_products as mlp
+
+        self.mlp, self.layers = mlp, layers
+        mask = _samples(pre.mask)
+        self.w = _samples(pre.advantages) * mask / mask.sum(1, keepdim=True)
+        self.trace = mlp.forward(layers, _samples(pre.obs))
+        self.inv_var = torch.exp(-2 * log_std)  # 1 / sigma^2
+        self.r = _samples(pre.actions) - self.trace.output
+        self.wr = self.w.unsqueeze(-1) * self.r
+        self.grads, self.deltas = mlp.vjp(
+            self.trace, layers, -self.wr * self.inv_var, True, keep_curvature
+        )
+        self.wr2 = (self.wr * self.r).sum(1)  # sum_t w_t r_t^2, [n_tasks, act_dim]
+        self.grad_log_std = self.w.sum(1, keepdim=True) - self.wr2 * self.inv_var
+        if keep_curvature:
+            self.w_inv_var = self.w.unsqueeze(-1) * self.inv_var
+        else:  # nothing later needs the pass's activations
+            self.trace = self.deltas = self.r = self.wr = None
+
+    def hvp(self, tangent, d_log_std, per_task: bool):
+        """H_i u for the direction ``(tangent, d_log_std)`` (one for every task, or one
+        per task): per task, or summed over the tasks."""
+        n, n_samples = self.w.shape
+        chunks = self.mlp.task_chunks(n, n_samples)
+        parts = [self._hvp(s, tangent, d_log_std, per_task) for s in chunks]
+        return _gather(parts, per_task)
+
+    def _hvp(self, s: slice, tangent, d_log_std, per_task: bool):
+        """:meth:`hvp` for the tasks at ``s``."""
+        mlp = self.mlp
+        trace, tangent = self.trace.tasks(s), mlp.tasks(tangent, s)
+        d_log_std = d_log_std[s] if d_log_std.dim() == 2 else d_log_std
+        d_mean, d_inputs = mlp.jvp(trace, self.layers, tangent)
+        ds = d_log_std.unsqueeze(-2)  # [..., 1, act_dim]: the same for every step
+        # The tangent of dL/dmu along (d mu, ds): w (d mu + 2 r ds) / sigma^2.
+        d_cotangent = self.w_inv_var[s] * (d_mean + 2 * self.r[s] * ds)
+        deltas = [None if d is None else d[s] for d in self.deltas]
+        h = mlp.vjp_tangent(
+            trace, self.layers, deltas, tangent, d_inputs, d_cotangent, per_task
+        )
+        # ... and of dL/ds: 2 / sigma^2 (sum_t w r d mu + sum_t w r^2 ds).
+        wr_d_mean = (self.wr[s] * d_mean).sum(1)
+        h_log_std = 2 * self.inv_var * (wr_d_mean + self.wr2[s] * d_log_std)
+        return h, h_log_std if per_task else h_log_std.sum(0)
+
+
+class _OuterCurvature:
+    """Task i's surrogate S_i and KL on D'_i at its adapted policy theta'_i (one per
+    task, or theta for every task without an inner step): the surrogates, their
+    gradients and the KLs' Fisher products, from one forward pass.
+
+    With q_t = pi / pi_old A'_t m_t / N' and r = a - mu, S_i = -sum_t q_t, so
+
+        dS/dmu_t = -q_t r_t / sigma^2,      dS/ds = sum_t q_t (1 - r_t^2 / sigma^2).
+    """
+
+    def __init__(self, layers, log_std, post: PGData):
+        from mamllib.fast import mlp_products as mlp
+
+        self.mlp, self.layers = mlp, layers
+        mask = _samples(post.mask)
+        c = mask / mask.sum(1, keepdim=True)  # the KL's weights m_t / N'
+        self.trace = mlp.forward(layers, _samples(post.obs))
+        mean, actions = self.trace.output, _samples(post.actions)
+        log_std = log_std.unsqueeze(-2)  # [..., 1, act_dim]: the same for every step
+        logp = gaussian_log_prob(actions, mean, log_std)
+        logp_old = gaussian_log_prob(
+            actions, _samples(post.old_mean), post.old_log_std.unsqueeze(-2)
+        )
+        q = torch.exp(logp - logp_old) * _samples(post.advantages) * c
+        self.surrogates = -q.sum(1)
+        inv_var = torch.exp(-2 * log_std)
+        qr = q.unsqueeze(-1) * (actions - mean)
+        self.grad_cotangent = -qr * inv_var
+        self.grad_log_std = q.sum(1, keepdim=True) - (qr * (actions - mean)).sum(
+            1
+        ) * inv_var.squeeze(-2)
+        self.c_inv_var = c.unsqueeze(-1) * inv_var
+
+    def gradient(self, per_task: bool):
+        """grad S_i w.r.t. theta'_i: per task, or summed over the tasks."""
+        n, n_samples, _ = self.c_inv_var.shape
+        parts = []
+        for s in self.mlp.task_chunks(n, n_samples):
+            grads, _ = self.mlp.vjp(
+                self.trace.tasks(s),
+                self.mlp.tasks(self.layers, s),
+                self.grad_cotangent[s],
+                per_task,
+            )
+            log_std = self.grad_log_std[s]
+            parts.append((grads, log_std if per_task else log_std.sum(0)))
+        return _gather(parts, per_task)
+
+    def fisher(self, tangent, d_log_std, per_task: bool):
+        """F_i u for the direction ``(tangent, d_log_std)`` (one for every task, or
+        one per task): per task, or summed over the tasks.
+
+        The KL's Hessian w.r.t. the mean is diag(1/sigma^2), exactly; w.r.t. the log
+        std it is 2 (sigma_old^2 + (mu - mu_old)^2) / sigma^2 per dimension, 2 where
+        old and new coincide, as are the cross terms (0 there) and the term with the
+        network's second derivatives (the KL's gradient in mu, 0 there).
+        """
+        n, n_samples, _ = self.c_inv_var.shape
+        parts = []
+        for s in self.mlp.task_chunks(n, n_samples):
+            trace, layers = self.trace.tasks(s), self.mlp.tasks(self.layers, s)
+            d_mean, _ = self.mlp.jvp(trace, layers, self.mlp.tasks(tangent, s))
+            f, _ = self.mlp.vjp(trace, layers, self.c_inv_var[s] * d_mean, per_task)
+            parts.append((f, None))
+        f, _ = _gather(parts, per_task)
+        if per_task:
+            return f, (2 * d_log_std).expand(n, -1)
+        return f, 2 * (n * d_log_std if d_log_std.dim() == 1 else d_log_std.sum(0))
+
+
+def _gather(parts, per_task: bool):
+    """Chunks' ``(layers, log_std)`` results: concatenated along the task axis, or
+    summed (results already summed over each chunk's tasks)."""
+    join = (lambda xs: torch.cat(xs)) if per_task else (lambda xs: sum(xs[1:], xs[0]))
+    layers = [
+        tuple(join([p[0][i][j] for p in parts]) for j in range(2))
+        for i in range(len(parts[0][0]))
+    ]
+    log_std = None if parts[0][1] is None else join([p[1] for p in parts])
+    return layers, log_std
+
+
+def _axpy(x, y, alpha: float):
+    """``x + alpha y`` for two lists of ``(weight, bias)`` (broadcasting a shared
+    one against a per-task one)."""
+    return [(a + alpha * c, b + alpha * d) for (a, b), (c, d) in zip(x, y)]
+
+
+def meta_trpo_problem(
+    model: MLP,
+    params: Params,
+    pre: PGData | None,
+    post: PGData,
+    inner_lr: float,
+    first_order: bool = False,
+):
+    """:func:`meta_trpo_problem_reference`'s ``(loss, gradient, hvp)`` without double
+    backward: what training uses.
+
+    The same identities, each product written out (:mod:`mamllib.fast.mlp_products`
+    for the mean network, the Gaussian's derivatives by hand):
+
+    * F_i u = J_mu^T diag(1/sigma^2) J_mu u / N' in the mean network's weights and
+      2 u in the log std: the KL's Hessian where the old policy is the adapted one
+      (the Fisher matrix; TRPO asks for it there), one forward-mode product and one
+      backward pass instead of a double backward through the KL's gradient;
+    * H_i u, the inner loss's Hessian-vector product, by the R-operator: a tangent
+      pass and the backward pass's tangent on the activations and cotangents kept
+      from the inner step, instead of a backward through its saved backward graph;
+    * theta is one network for every task, so the first J_i v runs as one matrix
+      product over all tasks' samples, and the last J_i with the mean over the tasks
+      as sums over all samples: no per-task copies of theta.
+
+    ``tests/test_trpo_speed_paths.py`` holds it to the reference (float64).
+    """
+    from mamllib.fast.mlp_products import linear_layer_names
+    from mamllib.rl.trpo import flatten, unflatten
+
+    n = len(post)
+    base = {k: v.detach() for k, v in params.items()}
+    names = linear_layer_names(model)
+    second_order = pre is not None and not first_order
+
+    def split(d: Params):
+        return [(d[w], d[b]) for w, b in names], d["log_std"]
+
+    def joined(layers, log_std) -> torch.Tensor:
+        named = {"log_std": log_std}
+        for (w, b), (weight, bias) in zip(names, layers):
+            named[w], named[b] = weight, bias
+        return flatten(named[k] for k in base)
+
+    with torch.no_grad():
+        layers, log_std = split(base)
+        inner = (
+            None if pre is None else _InnerCurvature(layers, log_std, pre, second_order)
+        )
+        if inner is None:
+            adapted, adapted_log_std = layers, log_std
+        else:
+            adapted = _axpy(layers, inner.grads, -inner_lr)
+            adapted_log_std = log_std - inner_lr * inner.grad_log_std
+        outer = _OuterCurvature(adapted, adapted_log_std, post)
+        loss = outer.surrogates.mean().item()
+        g, g_log_std = outer.gradient(per_task=second_order)
+        if second_order:  # (1/n) sum_i (g_i - alpha H_i g_i)
+            h, h_log_std = inner.hvp(g, g_log_std, per_task=False)
+            g = _axpy([(w.sum(0), b.sum(0)) for w, b in g], h, -inner_lr)
+            g_log_std = g_log_std.sum(0) - inner_lr * h_log_std
+        gradient = joined(g, g_log_std) / n
+
+    def hvp(vector: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            v, v_log_std = split(unflatten(vector, base))
+            if not second_order:
+                return joined(*outer.fisher(v, v_log_std, per_task=False)) / n
+            h, h_log_std = inner.hvp(v, v_log_std, per_task=True)  # J_i v, per task
+            u, u_log_std = _axpy(v, h, -inner_lr), v_log_std - inner_lr * h_log_std
+            y, y_log_std = outer.fisher(u, u_log_std, per_task=True)
+            h, h_log_std = inner.hvp(y, y_log_std, per_task=False)  # sum_i H_i y_i
+            out = _axpy([(w.sum(0), b.sum(0)) for w, b in y], h, -inner_lr)
+            return joined(out, y_log_std.sum(0) - inner_lr * h_log_std) / n
+
+    return loss, gradient, hvp

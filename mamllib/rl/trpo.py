@@ -5,7 +5,9 @@ search direction solves ``(H + damping I) x = g`` by 10 conjugate-gradient itera
 where H is the Hessian of the mean KL; the step is scaled so that the quadratic model
 of the KL equals the bound delta (``max_kl``, 0.01), then shrunk by 0.8 up to 15 times
 until the surrogate loss decreases and the KL is within the bound; if no step passes,
-the parameters stay as they were.
+the parameters stay as they were. The step's scale needs ``x^T (H + damping I) x``,
+which rllab computes with one more Hessian-vector product; :func:`trpo_step` reads it
+off conjugate gradient's residual instead (``product_from_cg=False``: rllab's way).
 
 :func:`trpo_step` takes the surrogate's gradient and a Hessian-vector product of the
 KL from its caller. :func:`direct_problem` makes them by plain double backward, which
@@ -50,6 +52,21 @@ def conjugate_gradient(
     """Approximately solve ``A x = b`` for symmetric positive definite A given only
     ``matvec(v) = A v`` (rllab ``krylov.cg``: start from 0, stop early when the squared
     residual falls below ``residual_tol``)."""
+    return conjugate_gradient_and_product(matvec, b, n_iters, residual_tol)[0]
+
+
+def conjugate_gradient_and_product(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    n_iters: int = 10,
+    residual_tol: float = 1e-10,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`conjugate_gradient`'s ``x`` and also ``A x``, without another product.
+
+    The residual is updated as ``r = b - sum_k step_k A p_k`` and ``x = sum_k step_k
+    p_k``, so ``A x = b - r`` (up to rounding): TRPO's step length needs ``x^T A x``,
+    which would otherwise cost one more Hessian-vector product.
+    """
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
@@ -64,7 +81,7 @@ def conjugate_gradient(
             break
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return x, b - r
 
 
 @dataclass
@@ -89,6 +106,7 @@ def trpo_step(
     damping: float = 1e-5,
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
+    product_from_cg: bool = True,
 ) -> tuple[Params, TRPOStats]:
     """One TRPO update of ``params``; returns new leaves (or copies of the old ones).
 
@@ -100,13 +118,19 @@ def trpo_step(
             search (no graph needed).
         max_kl: the trust region delta (rllab ``step_size``).
         damping: added to the KL Hessian, ``H + damping I`` (rllab ``reg_coeff``).
+        product_from_cg: take the direction's ``(H + damping I) s`` for the step
+            length from conjugate gradient's residual
+            (:func:`conjugate_gradient_and_product`); False asks ``hvp`` once more,
+            as rllab does (the same step up to rounding).
     """
 
     def damped(v: torch.Tensor) -> torch.Tensor:
         return hvp(v) + damping * v
 
-    direction = conjugate_gradient(damped, gradient, cg_iters)
-    shs = direction @ damped(direction)
+    direction, product = conjugate_gradient_and_product(damped, gradient, cg_iters)
+    if not product_from_cg:
+        product = damped(direction)
+    shs = direction @ product
     scale = torch.sqrt(2 * max_kl / (shs + 1e-8))
     full_step = (scale * direction).detach()
     old = flatten(params.values()).detach()
