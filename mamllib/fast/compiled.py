@@ -20,8 +20,9 @@ differentiated once, w.r.t. ``params`` only (what :func:`mamllib.maml.meta_gradi
 and training do); for anything else use ``"vmap"``.
 
 Why only the MLP: compiling pays where eager overhead dominates. On the conv-4 the
-convolutions dominate and the gain is small for a compile of minutes, so :func:`meta_loss_compiled` refuses other models
-(use ``"batched"`` or ``"threads"`` there).
+convolutions dominate and the gain is small for a compile of minutes, so
+:func:`meta_loss_compiled` refuses other models (use ``"batched"`` or ``"threads"``
+there).
 
 Compiling, and the cache kept between runs: each configuration (MLP sizes, loss,
 ``inner_lr``, ``n_inner_steps``, ``first_order``) is compiled once per process, on
