@@ -68,7 +68,8 @@ class OuterStep:
 
 
 class AdamStep(OuterStep):
-    """Adam on ``objective(params, batch)`` (Algorithm 1, line 10), in place.
+    """Adam on ``objective(params, batch)``, in place (Algorithm 1, line 8;
+    Algorithm 2, line 10).
 
     Under torch.distributed the gradients of the ranks' shares are all-reduced
     before the step, so every rank takes the step of the whole meta-batch.
