@@ -86,7 +86,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/sinusoid_speed.py
+	$(BIN)/python benchmarks/targets.py
 
 clean:
 	rm -rf _build results
