@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -198,6 +199,7 @@ def main() -> None:
         name = min(ours, key=ours.get)
         return name.removeprefix("mamllib-").removesuffix(order).strip(), ours[name]
 
+    load = os.getloadavg()[0]  # other work on the machine lowers the measured peak
     peak = {threads: matmul_gflops(threads) for threads in (1, 2)}
     torch.set_num_threads(1)
     hvp_calls = trpo["calls"]["KL Hessian-vector products"]
@@ -232,7 +234,7 @@ def main() -> None:
 
     print(
         f"matrix-multiply peak of this CPU: {peak[1]:.0f} GFLOP/s on 1 thread, "
-        f"{peak[2]:.0f} on 2"
+        f"{peak[2]:.0f} on 2 (load average {load:.1f} on {os.cpu_count()} CPUs)"
     )
     header = f"{'target':<48}{'wanted':>9}{'measured':>10}  {'met':<4}"
     print(header + f"{'GFLOP/it':>10}{'floor ms':>10}{'ours/floor':>11}  ours")
@@ -268,6 +270,7 @@ def main() -> None:
                     "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                     "reports": "run anew" if args.run else "committed",
                     "matmul_gflops": {str(k): round(v, 1) for k, v in peak.items()},
+                    "load_average_1min": round(load, 2),
                     "targets": table,
                 },
                 indent=2,
