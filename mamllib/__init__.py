@@ -40,6 +40,10 @@ Every module, by floor from the ground up (imports point down only):
     checkpoints     a checkpoint read back (other settings refused); the run's lock
     outer_steps     what one iteration computes: Adam on an objective, MAML's
                     meta-objective (TRPO plugs in)
+    algorithms/     after MAML, each an objective for the same training loop: reptile,
+                    anil (and NIL), protonet (and Proto-MAML), imaml (implicit
+                    gradients by conjugate gradient), metasgd (Meta-SGD, MAML++'s
+                    per-step learning rates and multi-step loss)
     train           fit: THE training loop, its guards, resume and interrupts
     rl/             envs, locomotion, policy, share (a rank's share of a meta-batch
                     and random draws independent of it), rollouts, trpo, metarl (the
