@@ -348,7 +348,7 @@ def test_the_settings_table_sets_paper_code_and_ours_side_by_side(monkeypatch):
     )
     assert f"{note}. `inner_lr`: We follow the paper." in sinusoid
     assert sinusoid[-1] == (
-        "Bookkeeping, set by neither source: `strategy` vmap, `device` cpu, "
+        "Bookkeeping, set by neither source: `strategy` compiled, `device` cpu, "
         "`checkpoint_every` 5,000, `log_every` 100, `seed` 0."
     )
     omniglot = settings_table("omniglot")
