@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--strategy",
                 default=None,
-                help="loop | vmap | batched | threads | compiled (the preset's default)",
+                help="loop | vmap | batched | threads | compiled (default: the "
+                "preset's)",
             )
             p.add_argument(
                 "--reevaluate",

@@ -152,11 +152,30 @@ def test_status_is_run_status_of_what_the_artifact_reached(root):
         artifact_status(mini) == "partial: paper preset, 300 of 60,000 meta-iterations"
     )
     assert schedule_reached(mini) == "300 / 60,000"
-    # every method counts: MAML reached 500 but the pretrained baseline 132
+    # every method counts: MAML reached 500 but the pretrained baseline 132, and a
+    # meta-RL run must train the oracle too, which this one did not
     assert artifact_status(nav) == (
-        "partial: paper preset, maml 500 of 500, pretrained 132 of 500 meta-iterations"
+        "partial: paper preset, maml 500 of 500, pretrained 132 of 500, oracle 0 of "
+        "500 meta-iterations"
     )
-    assert schedule_reached(nav) == "maml 500 / 500, pretrained 132 / 500"
+    assert schedule_reached(nav) == (
+        "maml 500 / 500, pretrained 132 / 500, oracle 0 / 500"
+    )
+
+
+def test_a_meta_rl_run_without_its_baselines_is_partial(tmp_path):
+    write_artifact(
+        tmp_path,
+        "half_cheetah-direction-paper",
+        {"experiment": "half_cheetah-direction", "preset": "paper"},
+        {"status": "complete", "iterations": {"maml": 500}},
+        [],
+    )
+    (artifact,) = read_artifacts(tmp_path)
+    assert artifact_status(artifact) == (
+        "partial: paper preset, maml 500 of 500, pretrained 0 of 500, oracle 0 of "
+        "500 meta-iterations"
+    )
 
 
 def test_a_run_below_the_paper_preset_is_partial_even_at_full_length(tmp_path):
@@ -244,7 +263,7 @@ def test_panels_share_by_data_set_and_give_a_curve_its_own(root):
         "MAML, 3 steps",
     ]
     assert {r["partial"] for r in panels[2]["rows"]} == {
-        "maml 500 / 500, pretrained 132 / 500"
+        "maml 500 / 500, pretrained 132 / 500, oracle 0 / 500"
     }
     assert panels[0]["rows"][0]["partial"] is None
 

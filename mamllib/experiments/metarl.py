@@ -182,8 +182,13 @@ def train_and_evaluate(
     trained = {m: r.params for m, r in results.items()}
     trained["random"] = initial_params("random", config)
     evaluation = evaluate_methods(trained, config)
+    earlier = {  # methods trained by earlier calls count for the status
+        m: load_trained(m, run.checkpoint(m)).iterations
+        for m in METHODS
+        if m not in results and run.checkpoint(m).exists()
+    }
     metrics = save_results(
-        run, config, results, evaluation, round(time.perf_counter() - t0, 1)
+        run, config, results, evaluation, round(time.perf_counter() - t0, 1), earlier
     )
     print(metrics["status"])
     for method, values in metrics["returns"].items():

@@ -105,12 +105,15 @@ def save_results(
     results: dict[str, FitResult],
     evaluation: dict[str, Any],
     evaluation_wall_time_s: float | None = None,
+    other_iterations: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``history.json`` and ``params-<method>.pt`` to ``run``.
 
-    The status is :func:`mamllib.paper.run_status` of every method against the
-    paper preset's iterations; ``reproduction.json`` holds App. C's rows, where the
-    paper has them.
+    The status is :func:`mamllib.paper.run_status` of MAML and the trained baselines
+    (pretrained, oracle) against the paper preset's iterations: a method not in
+    ``results`` counts with its ``other_iterations`` (a checkpoint of an earlier
+    call), else 0, so a run without its baselines is never complete.
+    ``reproduction.json`` holds App. C's rows, where the paper has them.
     """
     paper_preset = PRESETS[config["experiment"]]["paper"]
     targets = {
@@ -119,7 +122,10 @@ def save_results(
         "oracle": paper_preset["oracle_iterations"],
     }
     reached = {m: r.iterations for m, r in results.items()}
-    status = paper.run_status(config["preset"], reached, targets)
+    others = other_iterations or {}
+    status = paper.run_status(
+        config["preset"], {m: others.get(m, 0) for m in targets} | reached, targets
+    )
     name, paper_returns = paper.APPENDIX_C.get(config["experiment"], (None, None))
     maml = evaluation["metrics"].get("maml", {}).get("steps", [])
     return report.write_results(

@@ -13,6 +13,7 @@ from typing import Any
 
 from mamllib import paper as paper_numbers
 from mamllib.presets import PRESETS
+from mamllib.presets.metarl import PRESETS as METARL_PRESETS
 from mamllib.runs import (
     read_json,
     repo_root,
@@ -229,10 +230,21 @@ def iterations_reached(artifact: Mapping[str, Any]) -> dict[str, int]:
 
 
 def iteration_targets(artifact: Mapping[str, Any]) -> dict[str, int]:
-    """The paper preset's iterations for each method the artifact trained (whatever
-    the run's own ``n_iterations`` was)."""
-    preset = PRESETS[artifact["config"]["experiment"]]["paper"]
-    return {m: preset[TARGET_KEYS[m]] for m in iterations_reached(artifact)}
+    """The paper preset's iterations for each method the artifact must train (whatever
+    the run's own ``n_iterations`` was): for meta-RL, MAML and the trained baselines
+    of §5.3 (pretrained, oracle) whether or not it trained them; otherwise the methods
+    it trained."""
+    experiment = artifact["config"]["experiment"]
+    preset = PRESETS[experiment]["paper"]
+    metarl = experiment in METARL_PRESETS
+    methods = TARGET_KEYS if metarl else iterations_reached(artifact)
+    return {m: preset[TARGET_KEYS[m]] for m in methods}
+
+
+def _reached_of_targets(artifact: Mapping[str, Any]) -> dict[str, int]:
+    """:func:`iterations_reached` with 0 for a method it must train and did not."""
+    reached = iterations_reached(artifact)
+    return {m: reached.get(m, 0) for m in iteration_targets(artifact)} | reached
 
 
 def artifact_status(artifact: Mapping[str, Any]) -> str:
@@ -240,7 +252,7 @@ def artifact_status(artifact: Mapping[str, Any]) -> str:
     ``"complete"`` or ``"partial: ..."``."""
     return paper_numbers.run_status(
         artifact["config"]["preset"],
-        iterations_reached(artifact),
+        _reached_of_targets(artifact),
         iteration_targets(artifact),
     )
 
@@ -248,7 +260,7 @@ def artifact_status(artifact: Mapping[str, Any]) -> str:
 def schedule_reached(artifact: Mapping[str, Any]) -> str:
     """The iterations reached of the paper's schedule, ``"300 / 60,000"``; with
     several methods, each by name: ``"maml 160 / 500, oracle 500 / 500"``."""
-    reached, targets = iterations_reached(artifact), iteration_targets(artifact)
+    reached, targets = _reached_of_targets(artifact), iteration_targets(artifact)
     counts = {m: f"{n:,} / {targets[m]:,}" for m, n in reached.items()}
     if len(counts) == 1:
         return next(iter(counts.values()))
