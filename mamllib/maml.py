@@ -174,23 +174,43 @@ def meta_loss_loop(
     Returns a scalar whose gradient w.r.t. ``params`` is the MAML meta-gradient
     (Algorithm 1, line 8; Algorithm 2, line 10; before the ``outer_lr`` step).
     """
-    losses = []
-    for i in range(len(tasks)):
-        adapted_params = adapt(
+    return mean_query_loss(
+        model,
+        tasks,
+        loss_fn,
+        lambda x_support, y_support: adapt(
             model,
             params,
-            tasks.x_support[i],
-            tasks.y_support[i],
+            x_support,
+            y_support,
             loss_fn,
             inner_lr,
             n_inner_steps,
             first_order,
+        ),
+    )
+
+
+def mean_query_loss(
+    model: nn.Module,
+    tasks: TaskBatch,
+    loss_fn: LossFn,
+    adapt_task: Callable[[torch.Tensor, torch.Tensor], Params],
+) -> torch.Tensor:
+    """Mean over the meta-batch of each task's query loss at
+    ``adapt_task(x_support, y_support)``, one task at a time: the loop of every
+    per-task meta-objective (MAML's here; ANIL's and Proto-MAML's inner loops in
+    :mod:`mamllib.algorithms`)."""
+    losses = [
+        task_loss(
+            model,
+            adapt_task(tasks.x_support[i], tasks.y_support[i]),
+            tasks.x_query[i],
+            tasks.y_query[i],
+            loss_fn,
         )
-        losses.append(
-            task_loss(
-                model, adapted_params, tasks.x_query[i], tasks.y_query[i], loss_fn
-            )
-        )
+        for i in range(len(tasks))
+    ]
     return torch.stack(losses).mean()
 
 

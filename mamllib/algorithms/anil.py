@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mamllib.batch import Batch
-from mamllib.maml import LossFn, inner_step, task_loss
+from mamllib.maml import LossFn, inner_step, mean_query_loss, task_loss
 from mamllib.models import MLP, Conv4, Params, forward
 from mamllib.outer_steps import Objective
 
@@ -107,25 +107,22 @@ def anil_meta_loss(
 ) -> torch.Tensor:
     """Mean query loss after :func:`adapt_head`, one task at a time; its gradient
     w.r.t. ``params`` (body included) is ANIL's meta-gradient."""
-    losses = []
-    for i in range(len(tasks)):
-        adapted_params = adapt_head(
+    return mean_query_loss(
+        model,
+        tasks,
+        loss_fn,
+        lambda x_support, y_support: adapt_head(
             model,
             params,
-            tasks.x_support[i],
-            tasks.y_support[i],
+            x_support,
+            y_support,
             loss_fn,
             inner_lr,
             n_inner_steps,
             head_keys,
             first_order,
-        )
-        losses.append(
-            task_loss(
-                model, adapted_params, tasks.x_query[i], tasks.y_query[i], loss_fn
-            )
-        )
-    return torch.stack(losses).mean()
+        ),
+    )
 
 
 def anil_objective(

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from mamllib.algorithms.anil import adapt_head, body_features, head_keys_of
 from mamllib.batch import Batch
-from mamllib.maml import LossFn, cross_entropy_loss, task_loss
+from mamllib.maml import LossFn, cross_entropy_loss, mean_query_loss
 from mamllib.models import Params
 from mamllib.outer_steps import Objective
 
@@ -140,26 +140,23 @@ def protomaml_meta_loss(
     first_order: bool = False,
 ) -> torch.Tensor:
     """Mean query loss after :func:`protomaml_adapt`, one task at a time."""
-    losses = []
-    for i in range(len(tasks)):
-        adapted_params = protomaml_adapt(
+    return mean_query_loss(
+        model,
+        tasks,
+        loss_fn,
+        lambda x_support, y_support: protomaml_adapt(
             model,
             params,
-            tasks.x_support[i],
-            tasks.y_support[i],
+            x_support,
+            y_support,
             loss_fn,
             inner_lr,
             n_inner_steps,
             n_way,
             adapt_body,
             first_order,
-        )
-        losses.append(
-            task_loss(
-                model, adapted_params, tasks.x_query[i], tasks.y_query[i], loss_fn
-            )
-        )
-    return torch.stack(losses).mean()
+        ),
+    )
 
 
 def protomaml_objective(
