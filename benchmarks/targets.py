@@ -37,12 +37,13 @@ import time
 from pathlib import Path
 
 import torch
+from omniglot_speed import SETTINGS, random_tasks  # this folder, beside this script
 from torch.utils.flop_counter import FlopCounterMode
 
 from mamllib.maml import cross_entropy_loss, meta_gradient, mse_loss
 from mamllib.models import MLP, Conv4, detach_params, init_params
 from mamllib.runs import device_description, git_commit
-from mamllib.tasks import SinusoidTasks, TaskBatch, make_generator
+from mamllib.tasks import SinusoidTasks, make_generator
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -103,21 +104,11 @@ def sinusoid_flops() -> int:
 
 
 def conv4_flops(n_way: int, n_tasks: int, inner_lr: float, n_steps: int) -> int:
-    """One second-order meta-gradient of the conv-4, 1-shot, one query per class."""
+    """One second-order meta-gradient of the conv-4 on ``omniglot_speed.py``'s
+    episodes (1-shot, one query per class)."""
     model = Conv4(n_way)
     params = detach_params(init_params(model, make_generator(0, "init")))
-    shape = (n_tasks, n_way, 1, 28, 28)
-    generator = make_generator(0, "tasks")
-    labels = torch.arange(n_way).expand(n_tasks, -1).contiguous()
-    unused = torch.zeros(n_tasks)
-    tasks = TaskBatch(
-        torch.rand(shape, generator=generator),
-        labels,
-        torch.rand(shape, generator=generator),
-        labels.clone(),
-        unused,
-        unused,
-    )
+    tasks = random_tasks(n_tasks, n_way, make_generator(0, "tasks"))
     return count_flops(
         lambda: meta_gradient(
             model, params, tasks, cross_entropy_loss, inner_lr, n_steps, False, "loop"
@@ -212,10 +203,7 @@ def main() -> None:
         "gflop": sinusoid_flops() / 1e9,
         "threads": 1,
     }
-    for setting, (n_way, n_tasks, lr, steps) in {
-        "5-way 1-shot": (5, 32, 0.4, 1),
-        "20-way 1-shot": (20, 16, 0.1, 5),
-    }.items():
+    for setting, (n_way, n_tasks, lr, steps) in SETTINGS.items():
         path, ms = fastest(omniglot[setting])
         rows[f"conv-4 {setting}: higher / ours (2 threads)"] = {
             "ours": f"{path}, {ms:.0f} ms",
