@@ -19,6 +19,7 @@ from mamllib.algorithms.anil import (
 from mamllib.algorithms.imaml import (
     imaml_objective,
     implicit_meta_gradient,
+    implicit_meta_gradient_vmap,
     implicit_task_gradient,
     proximal_adapt,
 )
@@ -516,6 +517,41 @@ def test_conjugate_gradient_matches_a_dense_solve():
     assert (flatten(g_short.values()) - dense).abs().max() > 1e-4
     assert (dense - g_query).abs().max() > 1e-3  # not the identity
     assert (g_query != 0).sum() > len(g_query) // 2
+
+
+@pytest.mark.parametrize("n_inner_steps", [0, 1, 7])
+def test_imaml_vmap_equals_the_loop(n_inner_steps):
+    """The vmapped implicit meta-gradient (jvp-of-grad products, CG's early stop as
+    a mask) against the loop (double-backward products, CG's early stop a break)."""
+    model, params, tasks = sinusoid_problem(n_tasks=4, k_shot=5)
+    args = (model, params, tasks, mse_loss, 0.02, n_inner_steps, 3.0)
+    for cg_tol in (0.0, 1e-10):
+        loss, loop = implicit_meta_gradient(*args, cg_iters=4, cg_tol=cg_tol)
+        loss_vmap, vmapped = implicit_meta_gradient_vmap(*args, 4, cg_tol)
+        assert loss_vmap.item() == pytest.approx(loss.item(), rel=1e-12)
+        for k in params:
+            torch.testing.assert_close(vmapped[k], loop[k], rtol=1e-10, atol=1e-13)
+    _, fewer = implicit_meta_gradient_vmap(*args, cg_iters=1)
+    assert (flat(fewer) - flat(loop)).abs().max() > 1e-4  # CG's iterations matter
+
+
+def test_imaml_vmap_stops_each_tasks_conjugate_gradient_on_its_own():
+    """Many CG iterations on a 4-parameter quadratic: every task converges long before
+    the last iteration, and the masked early stop keeps the result finite and equal
+    to the loop's (whose break would otherwise be a division by zero)."""
+    model, params, tasks = quadratic_problem(n_tasks=3)
+    args = (model, params, tasks, mse_loss, 0.1, 50, 2.0)
+    _, loop = implicit_meta_gradient(*args, cg_iters=40, cg_tol=1e-20)
+    _, vmapped = implicit_meta_gradient_vmap(*args, cg_iters=40, cg_tol=1e-20)
+    for k in params:
+        assert torch.isfinite(vmapped[k]).all()
+        torch.testing.assert_close(vmapped[k], loop[k], rtol=1e-10, atol=1e-13)
+
+
+def test_imaml_objective_checks_its_strategy_before_training():
+    model, _, _ = sinusoid_problem()
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        imaml_objective(model, mse_loss, 0.01, 5, 1.0, strategy="compiled")
 
 
 def test_imaml_inner_loop_keeps_no_graph():

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.func import grad, grad_and_value, jvp, vmap
 
 from mamllib.algorithms.reptile import with_gradient
 from mamllib.batch import Batch
@@ -28,6 +29,8 @@ from mamllib.maml import LossFn, inner_step, task_loss
 from mamllib.models import Params, detach_params
 from mamllib.outer_steps import Objective
 from mamllib.rl.trpo import conjugate_gradient, flatten, unflatten
+
+STRATEGIES = ("loop", "vmap")
 
 # solver(loss_of_params, theta) -> phi approximately minimising loss_of_params
 Solver = Callable[[Callable[[Params], torch.Tensor], Params], Params]
@@ -151,6 +154,83 @@ def implicit_meta_gradient(
     return torch.stack(losses).mean(), total
 
 
+def masked_conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    n_iters: int,
+    residual_tol: float,
+) -> torch.Tensor:
+    """:func:`mamllib.rl.trpo.conjugate_gradient` without a data-dependent branch, so
+    that it runs under vmap: once the squared residual is below ``residual_tol`` the
+    iterate stops moving while the other tasks of the batch go on; until then the
+    iterates are the loop's."""
+    x, r, p = torch.zeros_like(b), b, b
+    rr = r @ r
+    for _ in range(n_iters):
+        ap = matvec(p)
+        active = (rr >= residual_tol) & (rr > 0)
+        step = torch.where(active, rr / torch.where(active, p @ ap, 1.0), 0.0)
+        x, r = x + step * p, r - step * ap
+        rr_new = r @ r
+        p = torch.where(active, r + rr_new / torch.where(active, rr, 1.0) * p, p)
+        rr = torch.where(active, rr_new, rr)
+    return x
+
+
+def implicit_meta_gradient_vmap(
+    model: nn.Module,
+    params: Params,
+    tasks: Batch,
+    loss_fn: LossFn,
+    inner_lr: float,
+    n_inner_steps: int,
+    lam: float,
+    cg_iters: int = 5,
+    cg_tol: float = 1e-10,
+    solver: Solver | None = None,
+) -> tuple[torch.Tensor, Params]:
+    """:func:`implicit_meta_gradient` for all tasks at once under ``torch.func.vmap``.
+
+    The same inner problem and solver (gradient descent, or a ``solver`` written with
+    torch.func) and the same conjugate gradient, its early stop a mask
+    (:func:`masked_conjugate_gradient`). ``H v`` is
+    forward-over-reverse (``jvp`` of ``grad``), equal to the loop's double backward.
+    The two paths agree to rounding (``tests/test_algorithms.py``).
+    """
+    theta = {k: v.detach() for k, v in params.items()}
+
+    def one_task(xs, ys, xq, yq):
+        def support_loss(phi):
+            return task_loss(model, phi, xs, ys, loss_fn)
+
+        def proximal_loss(phi):
+            distance = sum(((phi[k] - theta[k]) ** 2).sum() for k in theta)
+            return support_loss(phi) + lam / 2 * distance
+
+        if solver is not None:
+            phi = solver(proximal_loss, theta)
+        else:
+            phi = theta
+            for _ in range(n_inner_steps):
+                g = grad(proximal_loss)(phi)
+                phi = {k: phi[k] - inner_lr * g[k] for k in phi}
+        query_grad, query_loss = grad_and_value(
+            lambda p: task_loss(model, p, xq, yq, loss_fn)
+        )(phi)
+
+        def matvec(v):
+            hv = jvp(grad(support_loss), (phi,), (unflatten(v, theta),))[1]
+            return v + flatten(hv.values()) / lam
+
+        b = flatten(query_grad.values())
+        return query_loss, masked_conjugate_gradient(matvec, b, cg_iters, cg_tol)
+
+    losses, gradients = vmap(one_task)(
+        tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query
+    )
+    return losses.mean(), unflatten(gradients.mean(0), theta)
+
+
 def imaml_objective(
     model: nn.Module,
     loss_fn: LossFn,
@@ -159,24 +239,41 @@ def imaml_objective(
     lam: float,
     cg_iters: int = 5,
     solver: Solver | None = None,
+    strategy: str = "loop",
 ) -> Objective:
     """iMAML as ``objective(params, tasks)`` for :class:`mamllib.outer_steps.AdamStep`:
     the mean query loss at phi*, whose gradient is set to the implicit meta-gradient
     (:func:`mamllib.algorithms.reptile.with_gradient`); autograd never sees the inner
-    loop."""
+    loop. ``strategy="vmap"``: :func:`implicit_meta_gradient_vmap` (a ``solver`` must
+    then be written with torch.func)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
     def objective(params: Params, tasks: Batch) -> torch.Tensor:
-        loss, gradient = implicit_meta_gradient(
-            model,
-            params,
-            tasks,
-            loss_fn,
-            inner_lr,
-            n_inner_steps,
-            lam,
-            cg_iters,
-            solver=solver,
-        )
+        if strategy == "vmap":
+            loss, gradient = implicit_meta_gradient_vmap(
+                model,
+                params,
+                tasks,
+                loss_fn,
+                inner_lr,
+                n_inner_steps,
+                lam,
+                cg_iters,
+                solver=solver,
+            )
+        else:
+            loss, gradient = implicit_meta_gradient(
+                model,
+                params,
+                tasks,
+                loss_fn,
+                inner_lr,
+                n_inner_steps,
+                lam,
+                cg_iters,
+                solver=solver,
+            )
         return with_gradient(loss, params, gradient)
 
     return objective
