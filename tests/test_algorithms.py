@@ -17,6 +17,7 @@ from mamllib.algorithms.anil import (
     nil_probabilities,
 )
 from mamllib.algorithms.imaml import (
+    curvature_step_solver,
     imaml_objective,
     implicit_meta_gradient,
     implicit_meta_gradient_vmap,
@@ -552,6 +553,32 @@ def test_imaml_objective_checks_its_strategy_before_training():
     model, _, _ = sinusoid_problem()
     with pytest.raises(ValueError, match="strategy must be one of"):
         imaml_objective(model, mse_loss, 0.01, 5, 1.0, strategy="compiled")
+
+
+def test_curvature_step_solver_converges_where_a_fixed_step_diverges():
+    """Linear regression with inputs scaled up: the support loss's curvature exceeds
+    2/alpha - lam, so fixed-step descent diverges; the step from power iteration
+    reaches the closed-form phi*. On the MLP, vmap with the solver equals the loop."""
+    model, params, tasks = quadratic_problem(n_tasks=1)
+    xs, ys, lam = 6.0 * tasks.x_support[0], tasks.y_support[0], 2.0
+    a, c = quadratic(xs, ys)
+    theta = flatten(params.values()).detach()
+    exact = torch.linalg.solve(a + lam * torch.eye(4, dtype=DTYPE), c + lam * theta)
+    assert torch.linalg.eigvalsh(a).max() > 2 / 0.05 - lam
+    fixed = proximal_adapt(model, params, xs, ys, mse_loss, 0.05, 200, lam)
+    assert not torch.isfinite(flat(fixed)).all() or (flat(fixed) - exact).norm() > 1e3
+    solved = proximal_adapt(
+        model, params, xs, ys, mse_loss, 0.0, 0, lam, curvature_step_solver(2000, 30)
+    )
+    torch.testing.assert_close(flat(solved), exact, rtol=1e-8, atol=1e-10)
+    model, params, tasks = sinusoid_problem(n_tasks=4, k_shot=5)
+    args = (model, params, tasks, mse_loss, 0.0, 0, 3.0, 5)
+    solver = curvature_step_solver(6, 5)
+    loss, loop = implicit_meta_gradient(*args, solver=solver)
+    loss_vmap, vmapped = implicit_meta_gradient_vmap(*args, solver=solver)
+    assert loss_vmap.item() == pytest.approx(loss.item(), rel=1e-12)
+    for k in params:
+        torch.testing.assert_close(vmapped[k], loop[k], rtol=1e-10, atol=1e-13)
 
 
 def test_imaml_inner_loop_keeps_no_graph():
