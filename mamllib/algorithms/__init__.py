@@ -11,6 +11,11 @@
                 inner loop
     metasgd     Meta-SGD (Li et al. 2017) and MAML++'s per-layer per-step learning
                 rates and multi-step loss (Antoniou et al. 2019)
+    pretrained_classifier
+                the non-meta baseline (Chen et al. 2019, Tian et al. 2020): a conv-4
+                trained on all training classes, a linear head fitted per task
+    similarity  linear CKA (Kornblith et al. 2019), to compare a layer's activations
+                before and after adaptation (Raghu et al. 2020)
 
 Each exposes an ``objective(params, tasks)`` for :class:`mamllib.outer_steps.AdamStep`
 (and so for :func:`mamllib.train.fit`) whose gradient w.r.t. ``params`` is the
@@ -19,5 +24,7 @@ MAML. Reptile's and iMAML's updates are not the gradient of a loss that autograd
 follow; their objectives are surrogates whose value is the query loss and whose
 gradient is the update direction (:func:`mamllib.algorithms.reptile.with_gradient`).
 Tests: ``tests/test_algorithms.py``, in float64 against finite differences, closed
-forms and MAML itself.
+forms and MAML itself. ``similarity`` (a measurement) and ``pretrained_classifier``
+(ordinary training, ``classifier_objective``) are not meta-learners; their tests are
+``tests/test_similarity_and_classifier.py``.
 """
