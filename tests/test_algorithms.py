@@ -38,7 +38,11 @@ from mamllib.algorithms.protonet import (
     prototype_head,
     prototypes,
 )
-from mamllib.algorithms.reptile import reptile_direction, reptile_objective
+from mamllib.algorithms.reptile import (
+    reptile_direction,
+    reptile_direction_vmap,
+    reptile_objective,
+)
 from mamllib.baselines import pretrain_objective
 from mamllib.batch import Batch
 from mamllib.maml import (
@@ -235,6 +239,21 @@ def test_reptile_matches_taylor_expansion_to_second_order():
     assert errors[0] / errors[1] == pytest.approx(4, rel=0.1)
     assert naive[0] / naive[1] == pytest.approx(2, rel=0.1)
     assert errors[0] < 0.05 * naive[0]
+
+
+@pytest.mark.parametrize(
+    "use_query, batch_size, steps", [(False, None, 1), (True, 3, 5), (True, None, 2)]
+)
+def test_reptile_vmap_equals_the_loop(use_query, batch_size, steps):
+    model, params, tasks = sinusoid_problem(n_tasks=4, k_shot=5)
+    args = (model, params, tasks, mse_loss, 0.02, steps, use_query, batch_size)
+    loss, loop = reptile_direction(*args)
+    loss_vmap, vmapped = reptile_direction_vmap(*args)
+    assert loss_vmap.item() == pytest.approx(loss.item(), rel=1e-12)
+    for k in params:
+        torch.testing.assert_close(vmapped[k], loop[k], rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="strategy must be"):
+        reptile_objective(model, mse_loss, 0.02, steps, strategy="compiled")
 
 
 def test_reptile_objective_reports_query_loss_and_has_the_direction_as_gradient():
