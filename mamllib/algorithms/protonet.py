@@ -113,7 +113,13 @@ def protomaml_adapt(
     weight_key, bias_key = head_keys_of(model)
     centres = prototypes(body_features(model, params, x_support), y_support, n_way)
     weight, bias = prototype_head(centres)
-    start = {**params, weight_key: weight, bias_key: bias}
+    # Fresh nodes for the body: ``torch.autograd.grad`` with respect to a tensor counts
+    # every use of it, so with the body's own tensors the first inner gradient would
+    # also flow through the prototypes that made the head. The inner step is SGD on
+    # the task's parameters, head and body independent (as ``torch.func.grad`` under
+    # ``vmap`` computes it); the meta-gradient still reaches ``params`` through both.
+    body = {k: v.clone() for k, v in params.items() if k not in (weight_key, bias_key)}
+    start = {**body, weight_key: weight, bias_key: bias}
     keys = tuple(start) if adapt_body else (weight_key, bias_key)
     return adapt_head(
         model,
