@@ -11,6 +11,9 @@
                 inner loop
     metasgd     Meta-SGD (Li et al. 2017) and MAML++'s per-layer per-step learning
                 rates and multi-step loss (Antoniou et al. 2019)
+    maml_plus_plus
+                MAML++'s training schedule (Antoniou et al. 2019): the multi-step
+                loss and LSLR under vmap, derivative-order and cosine annealing
     pretrained_classifier
                 the non-meta baseline (Chen et al. 2019, Tian et al. 2020): a conv-4
                 trained on all training classes, a linear head fitted per task
