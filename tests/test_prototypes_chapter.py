@@ -37,11 +37,25 @@ def by_hand(model, params, xs, ys, alpha, n_steps, n_way):
 def test_protomaml_inner_loop_is_sgd_from_the_prototype_head(n_steps):
     model, params, x, y = problem()
     params = {k: v.requires_grad_() for k, v in params.items()}
-    looped = [protomaml_adapt(model, params, x[i], y[i], cross_entropy_loss, 0.5,
-                              n_steps, 3, adapt_body=True) for i in range(len(x))]
-    batched = vmap(lambda xs, ys: protomaml_adapt(
-        model, params, xs, ys, cross_entropy_loss, 0.5, n_steps, 3, adapt_body=True))(
-        x, y)
+    looped = [
+        protomaml_adapt(
+            model,
+            params,
+            x[i],
+            y[i],
+            cross_entropy_loss,
+            0.5,
+            n_steps,
+            3,
+            adapt_body=True,
+        )
+        for i in range(len(x))
+    ]
+    batched = vmap(
+        lambda xs, ys: protomaml_adapt(
+            model, params, xs, ys, cross_entropy_loss, 0.5, n_steps, 3, adapt_body=True
+        )
+    )(x, y)
     for i in range(len(x)):
         expected = by_hand(model, params, x[i], y[i], 0.5, n_steps, 3)
         for k in params:
