@@ -12,7 +12,7 @@ from typing import Any
 
 from mamllib import paper, report
 from mamllib.presets import PRESETS
-from mamllib.runs import RunFolder, device_description, read_json
+from mamllib.runs import RunFolder, device_description, read_json, repo_root
 from mamllib.train import FitResult
 
 DATASETS = {"omniglot": "Omniglot", "miniimagenet": "MiniImageNet"}
@@ -130,9 +130,15 @@ def save_results(
             )
         ],
     )
+    # Relative to the repository (or $MAMLLIB_RESULTS): no machine paths in output.
+    where = (
+        run.path.relative_to(repo_root())
+        if run.path.is_relative_to(repo_root())
+        else "$MAMLLIB_RESULTS/" + "/".join(run.path.parts[-3:])
+    )
     print(
         f"{setting}: accuracy after {config['n_test_inner_steps']} steps "
         f"{100 * at['mean']:.2f} +- {100 * at['ci95']:.2f} % over {at['n']} tasks "
-        f"({status}) -> {run.path}"
+        f"({status}) -> {where}"
     )
     return status
