@@ -36,6 +36,36 @@ STRATEGIES = ("loop", "vmap")
 Solver = Callable[[Callable[[Params], torch.Tensor], Params], Params]
 
 
+def proximal_loss_of(
+    model: nn.Module,
+    theta: Params,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
+    loss_fn: LossFn,
+    lam: float,
+) -> Callable[[Params], torch.Tensor]:
+    """phi -> L_support(phi) + (lam/2) ||phi - theta||^2, the inner problem's loss."""
+
+    def proximal_loss(phi: Params) -> torch.Tensor:
+        distance = sum(((phi[k] - theta[k]) ** 2).sum() for k in theta)
+        return task_loss(model, phi, x_support, y_support, loss_fn) + lam / 2 * distance
+
+    return proximal_loss
+
+
+def descend(
+    loss_of_params: Callable[[Params], torch.Tensor],
+    params: Params,
+    step: float | torch.Tensor,
+    n_steps: int,
+) -> Params:
+    """``n_steps`` of gradient descent with ``torch.func.grad`` (runs under vmap)."""
+    for _ in range(n_steps):
+        g = grad(loss_of_params)(params)
+        params = {k: params[k] - step * g[k] for k in params}
+    return params
+
+
 def proximal_adapt(
     model: nn.Module,
     params: Params,
@@ -55,11 +85,7 @@ def proximal_adapt(
     on the proximal problem as Rajeswaran et al. do).
     """
     theta = {k: v.detach() for k, v in params.items()}
-
-    def proximal_loss(phi: Params) -> torch.Tensor:
-        distance = sum(((phi[k] - theta[k]) ** 2).sum() for k in theta)
-        return task_loss(model, phi, x_support, y_support, loss_fn) + lam / 2 * distance
-
+    proximal_loss = proximal_loss_of(model, theta, x_support, y_support, loss_fn, lam)
     if solver is not None:
         return detach_params(solver(proximal_loss, detach_params(theta)))
     adapted_params = detach_params(theta)
@@ -199,12 +225,7 @@ def curvature_step_solver(n_steps: int, n_power_iters: int = 10) -> Solver:
             tangent = (unflatten(v, theta),)
             hv = flatten(jvp(grad(loss_of_params), (theta,), tangent)[1].values())
             top, v = v @ hv, hv
-        step = 1.0 / top.abs()
-        phi = theta
-        for _ in range(n_steps):
-            g = grad(loss_of_params)(phi)
-            phi = {k: phi[k] - step * g[k] for k in phi}
-        return phi
+        return descend(loss_of_params, theta, 1.0 / top.abs(), n_steps)
 
     return solve
 
@@ -235,17 +256,11 @@ def implicit_meta_gradient_vmap(
         def support_loss(phi):
             return task_loss(model, phi, xs, ys, loss_fn)
 
-        def proximal_loss(phi):
-            distance = sum(((phi[k] - theta[k]) ** 2).sum() for k in theta)
-            return support_loss(phi) + lam / 2 * distance
-
+        proximal_loss = proximal_loss_of(model, theta, xs, ys, loss_fn, lam)
         if solver is not None:
             phi = solver(proximal_loss, theta)
         else:
-            phi = theta
-            for _ in range(n_inner_steps):
-                g = grad(proximal_loss)(phi)
-                phi = {k: phi[k] - inner_lr * g[k] for k in phi}
+            phi = descend(proximal_loss, theta, inner_lr, n_inner_steps)
         query_grad, query_loss = grad_and_value(
             lambda p: task_loss(model, p, xq, yq, loss_fn)
         )(phi)
