@@ -12,7 +12,8 @@ injected cell (JupyterLab, nbval, the book build) or outside IPython it does not
 The rest of a chapter's setup cell is two calls: :func:`check_experiment` refuses an
 experiment the chapter does not run (before any data is read), and
 :func:`start_chapter` resolves the preset, makes the config, opens the run folder and
-prints the config in one line.
+prints the config in one line. :func:`median_ms` times a call for the chapters'
+cost sections.
 
 Bottom floor as imported: the standard library only. :func:`start_chapter` imports
 the library (presets, runs, plot) when it is called, as a notebook would.
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import statistics
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -193,3 +196,18 @@ def start_chapter(
     use_house_style()
     print(" | ".join([summary(config), *(f"{k}={config[k]}" for k in show)]))
     return config, run
+
+
+def median_ms(function, repeats: int = 5) -> float:
+    """Median wall time of ``function()`` in milliseconds over ``repeats`` calls, after
+    one untimed warm-up call (first calls pay for allocation and dispatch caches)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+
+    def once() -> float:
+        start = time.perf_counter()
+        function()
+        return 1000 * (time.perf_counter() - start)
+
+    once()
+    return statistics.median(once() for _ in range(repeats))

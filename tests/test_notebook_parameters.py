@@ -170,3 +170,17 @@ def test_a_chapter_refuses_another_chapters_experiment_before_any_work(
     )
     assert not results_dir.exists()  # no run folder: refused before the run started
     assert not (tmp_path / "no-cache").exists()
+
+
+def test_median_ms_warms_up_then_takes_the_median(monkeypatch):
+    """A fake clock: the warm-up's 500 ms is not counted; 30, 10, 20 -> 20."""
+    import mamllib.notebook
+
+    ticks = iter([0.0, 0.5, 1.0, 1.03, 2.0, 2.01, 3.0, 3.02])
+    monkeypatch.setattr(mamllib.notebook.time, "perf_counter", lambda: next(ticks))
+    calls = []
+    ms = mamllib.notebook.median_ms(lambda: calls.append(1), repeats=3)
+    assert len(calls) == 4
+    assert ms == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        mamllib.notebook.median_ms(lambda: None, repeats=0)
