@@ -409,8 +409,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MAMLLIB_PROGRESS", "0")
+    # Artifacts of one experiment's run; the comparison's (chapter 16) holds rows
+    # over many runs and no weights to score again.
     names = args.artifacts or sorted(
-        p.name for p in ARTIFACTS.iterdir() if (p / "metrics.json").exists()
+        p.name
+        for p in ARTIFACTS.iterdir()
+        if (p / "metrics.json").exists()
+        and "experiment" in read_json(p / "config.json")
     )
     unknown = [n for n in names if not (ARTIFACTS / n / "metrics.json").exists()]
     if unknown:

@@ -9,6 +9,7 @@ notebooks.
         --device cuda --time-budget 2h
     python -m mamllib run notebooks/05-maml-sinusoid.ipynb --preset paper --seed 1
     python -m mamllib presets omniglot-20way-1shot
+    python -m mamllib compare --preset book --artifact comparison-book
     torchrun --nproc_per_node 8 -m mamllib train omniglot-20way-1shot \\
         --preset paper --device cuda
 
@@ -27,7 +28,15 @@ import re
 import sys
 from pathlib import Path
 
-from mamllib.commands import UsageError, artifact, paper, run, run_notebook, train
+from mamllib.commands import (
+    UsageError,
+    artifact,
+    compare,
+    paper,
+    run,
+    run_notebook,
+    train,
+)
 from mamllib.presets import ENV_VAR, PRESET_NAMES, PRESETS
 
 __all__ = ["UsageError", "build_parser", "main", "run_notebook"]
@@ -168,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--kernel", default=None, help="Jupyter kernel name")
     r.add_argument("--note", default=None, help="a sentence for the manifest")
+    c = sub.add_parser(
+        "compare",
+        help="every algorithm of Part IV at one budget (the comparison page)",
+    )
+    c.add_argument("--preset", default="book", choices=PRESET_NAMES)
+    c.add_argument("--settings", nargs="+", default=None, help="default: all")
+    c.add_argument("--algorithms", nargs="+", default=None, help="default: all")
+    c.add_argument("--seeds", nargs="+", type=_int_at_least("--seeds", 0), default=None)
+    c.add_argument(
+        "--time-limit", type=_seconds, default=None, help="for this call (e.g. 2h)"
+    )
+    c.add_argument(
+        "--no-cost", action="store_true", help="skip the time and memory measurement"
+    )
+    c.add_argument(
+        "--artifact",
+        metavar="NAME",
+        help="then write the rows to artifacts/NAME with a manifest",
+    )
     pr = sub.add_parser("presets", help="print an experiment's presets")
     pr.add_argument("experiment", type=_experiment)
     return parser
@@ -191,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "artifact": artifact,
             "paper": paper,
             "run": run,
+            "compare": compare,
         }[args.command]
         return command(args)
     except UsageError as exc:

@@ -1,5 +1,5 @@
 """What each command of ``python -m mamllib`` does: train (and evaluate), artifact,
-paper, run.
+paper, run, compare.
 
 Each takes the arguments :mod:`mamllib.cli` parsed and returns the exit status; a
 mistake in the command raises :class:`UsageError` before anything is trained.
@@ -283,6 +283,39 @@ def run(args) -> int:
             _command_line(words),
             note=args.note,
             notebook_wall_time_s=round(seconds, 1),
+        )
+        print(f"artifact written to {target}")
+    return 0
+
+
+def compare(args) -> int:
+    """Train and score every algorithm of Part IV at one budget (resuming)."""
+    from mamllib.experiments import comparison
+
+    settings = args.settings or comparison.SETTINGS
+    algorithms = args.algorithms or comparison.ALGORITHMS
+    try:
+        comparison.check_request(settings, algorithms, args.preset)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    torch.set_num_threads(1)  # small models: one thread each, as the costs are timed
+    summary = comparison.run_comparison(
+        args.preset,
+        settings,
+        algorithms,
+        args.seeds,
+        time_limit_s=args.time_limit,
+        measure=not args.no_cost,
+    )
+    for setting, rows in summary["rows"].items():
+        for row in rows.values():
+            mean = "diverged" if row["mean"] is None else f"{row['mean']:.3f}"
+            print(
+                f"{setting:22s} {row['label']:24s} {mean} ({len(row['seeds'])} seeds)"
+            )
+    if args.artifact:
+        target = comparison.write_artifact(
+            args.preset, args.artifact, _command_line(list(args.argv))
         )
         print(f"artifact written to {target}")
     return 0
