@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
-from mamllib.algorithms.metasgd import multi_step_weights, split_lrs
+from mamllib.algorithms.metasgd import multi_step_weights, rate_at, split_lrs
 from mamllib.maml import LossFn, task_loss
 from mamllib.models import Params
 from mamllib.outer_steps import OuterStep
@@ -52,7 +52,7 @@ def query_losses_vmap(
     def rate(k: str, step: int):
         if k not in lrs:
             return inner_lr
-        return lrs[k][0] if len(lrs[k]) == 1 else lrs[k][step]
+        return rate_at(lrs[k], step)
 
     def one_task(xs, ys, xq, yq):
         w, query = weights, []

@@ -55,6 +55,13 @@ def lslr_lrs(params: Params, inner_lr: float, n_inner_steps: int) -> Params:
     }
 
 
+def rate_at(lr: torch.Tensor, step: int) -> torch.Tensor:
+    """The rate of inner step ``step`` from a learned-rate tensor: Meta-SGD's
+    ``[1, *shape]`` serves every step, LSLR's ``[n_inner_steps, 1, ...]`` one per
+    step."""
+    return lr[0] if len(lr) == 1 else lr[step]
+
+
 def split_lrs(params: Params) -> tuple[Params, Params]:
     """``(weights, lrs)``: the parameters, and their learning rates keyed like them."""
     weights = {k: v for k, v in params.items() if not k.startswith(LR_PREFIX)}
@@ -81,8 +88,7 @@ def metasgd_step(
     )
     adapted_params = {}
     for (k, p), g in zip(weights.items(), grads):
-        lr = lrs[k][0] if len(lrs[k]) == 1 else lrs[k][step]
-        adapted_params[k] = p if g is None else p - lr * g
+        adapted_params[k] = p if g is None else p - rate_at(lrs[k], step) * g
     return adapted_params
 
 

@@ -163,6 +163,7 @@ def steps_table(
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
+
 # The paper's iterations of each method, by the preset key that holds them.
 TARGET_KEYS = {
     "maml": "n_iterations",
