@@ -9,6 +9,7 @@ COLORS = {
     "pretrained": "#1f77b4",
     "oracle": "#2ca02c",
     "scratch": "#7f7f7f",
+    "random": "#7f7f7f",  # meta-RL's random initialisation: the sinusoid's scratch
     "truth": "#222222",
     "first_order": "#ff7f0e",
 }
@@ -17,6 +18,7 @@ LABELS = {
     "pretrained": "pretrained",
     "oracle": "oracle",
     "scratch": "from scratch",
+    "random": "random init",
     "first_order": "first-order MAML",
 }
 
