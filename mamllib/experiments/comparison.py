@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -802,13 +802,42 @@ def _random_batch(config: dict[str, Any], algorithm: str, n_classes: int | None)
     )
 
 
+def _resident_bytes() -> int:
+    """The process's resident memory now (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakMeter:
+    """The highest resident memory seen while it runs, sampled every half
+    millisecond by a thread (torch releases the GIL inside its operations)."""
+
+    def __enter__(self):
+        self.floor = self.peak = _resident_bytes()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, _resident_bytes())
+            time.sleep(0.0005)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, _resident_bytes())
+
+
 def measure_cost(
     setting: str, algorithm: str, preset: str, repeats: int = 5
 ) -> dict[str, float]:
     """Milliseconds per meta-iteration (outer step included; the median of
-    ``repeats`` after one warm-up) and the peak resident memory it adds, in MiB, on
-    one thread. Run it in a fresh process (:func:`cost_of` does), so that the peak
-    before the first step is the process's floor."""
+    ``repeats`` after one warm-up) and the peak resident memory they add above the
+    memory held just before the first one, in MiB, on one thread. Run it in a fresh
+    process (:func:`cost_of` does), so that no earlier work has left memory that the
+    step could reuse unseen."""
     torch.set_num_threads(1)
     config = setting_config(setting, preset)
     n_classes = 4800 if algorithm == "pretrained" else None  # 1200 chars x 4 turns
@@ -821,16 +850,15 @@ def measure_cost(
         step.iteration = step.first_order_iterations
     if not isinstance(step, OuterStep):
         step = AdamStep(step, params, config["outer_lr"])
-    floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        step(params, batch, 1.0)
-        times.append(1000 * (time.perf_counter() - t0))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with _PeakMeter() as memory:
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            step(params, batch, 1.0)
+            times.append(1000 * (time.perf_counter() - t0))
     return {
         "ms_per_iteration": statistics.median(times[1:]),
-        "peak_mib": (peak - floor) / 1024,  # ru_maxrss is in KiB on Linux
+        "peak_mib": (memory.peak - memory.floor) / 2**20,
         "repeats": repeats,
     }
 
