@@ -529,7 +529,8 @@ def train_one(
             "params": kept[0] if kept else None,
             "iterations": kept[1] if kept else 0,
             "wall_time_s": None,
-            "diverged": str(exc).splitlines()[0],
+            # what diverged and when; not where the checkpoint lies on this machine
+            "diverged": str(exc).split(";")[0],
         }
     return {
         "params": detach_params(result.params, requires_grad=False),
