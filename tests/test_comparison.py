@@ -199,7 +199,7 @@ def test_a_diverging_training_is_recorded_not_raised(tmp_path, monkeypatch):
     config["n_iterations"] = 40
     run = c.RunFolder("comparison", "ci", 0)
     out = c.train_one(config, "maml", 0, {}, run)
-    assert out["diverged"] is not None
+    assert out["diverged"] is not None and out["params"] is None  # not scored
     assert str(tmp_path) not in out["diverged"]  # records are committed: no paths
     assert out["iterations"] < 40
 

@@ -28,6 +28,41 @@ from mamllib.models import Params
 from mamllib.outer_steps import OuterStep
 
 
+def learned_rate_steps(
+    model: nn.Module,
+    params: Params,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
+    loss_fn: LossFn,
+    inner_lr: float,
+    n_inner_steps: int,
+    first_order: bool = False,
+) -> list[Params]:
+    """One task's weights after each of ``n_inner_steps`` SGD steps on its support
+    set, with ``torch.func.grad`` (so it runs under vmap).
+
+    When ``params`` holds learning rates (``"lr." + name``, e.g. from
+    :func:`~mamllib.algorithms.metasgd.lslr_lrs` or ``meta_sgd_lrs``) the steps use
+    them and ``inner_lr`` is ignored; otherwise every step uses ``inner_lr``.
+    ``first_order`` treats the inner gradients as constants.
+    """
+    weights, lrs = split_lrs(params)
+
+    def rate(k: str, step: int):
+        if k not in lrs:
+            return inner_lr
+        return rate_at(lrs[k], step)
+
+    every_step = []
+    for step in range(n_inner_steps):
+        g = grad(lambda p: task_loss(model, p, x_support, y_support, loss_fn))(weights)
+        if first_order:  # the inner gradient as a constant: no Hessian term
+            g = {k: v.detach() for k, v in g.items()}
+        weights = {k: weights[k] - rate(k, step) * g[k] for k in weights}
+        every_step.append(weights)
+    return every_step
+
+
 def query_losses_vmap(
     model: nn.Module,
     params: Params,
@@ -38,30 +73,16 @@ def query_losses_vmap(
     first_order: bool = False,
     per_task: bool = False,
 ) -> torch.Tensor:
-    """The meta-batch's mean query loss after each inner step, ``[n_inner_steps]``
-    (``per_task``: every task's, ``[n_tasks, n_inner_steps]``), with the tasks
-    batched by ``vmap``; differentiable w.r.t. ``params``.
-
-    When ``params`` holds learning rates (``"lr." + name``, e.g. from
-    :func:`~mamllib.algorithms.metasgd.lslr_lrs`) the inner steps use them and
-    ``inner_lr`` is ignored; otherwise every step uses ``inner_lr``.
-    ``first_order`` treats the inner gradients as constants.
-    """
-    weights, lrs = split_lrs(params)
-
-    def rate(k: str, step: int):
-        if k not in lrs:
-            return inner_lr
-        return rate_at(lrs[k], step)
+    """The meta-batch's mean query loss after each inner step of
+    :func:`learned_rate_steps`, ``[n_inner_steps]`` (``per_task``: every task's,
+    ``[n_tasks, n_inner_steps]``), with the tasks batched by ``vmap``;
+    differentiable w.r.t. ``params`` (weights and learning rates)."""
 
     def one_task(xs, ys, xq, yq):
-        w, query = weights, []
-        for step in range(n_inner_steps):
-            g = grad(lambda p: task_loss(model, p, xs, ys, loss_fn))(w)
-            if first_order:  # the inner gradient as a constant: no Hessian term
-                g = {k: v.detach() for k, v in g.items()}
-            w = {k: w[k] - rate(k, step) * g[k] for k in w}
-            query.append(task_loss(model, w, xq, yq, loss_fn))
+        every_step = learned_rate_steps(
+            model, params, xs, ys, loss_fn, inner_lr, n_inner_steps, first_order
+        )
+        query = [task_loss(model, w, xq, yq, loss_fn) for w in every_step]
         return torch.stack(query)  # [n_inner_steps]
 
     losses = vmap(one_task)(

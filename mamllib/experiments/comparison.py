@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import vmap
 from tqdm import tqdm
 
 from mamllib.algorithms.anil import adapt_head, head_keys_of
@@ -48,8 +48,12 @@ from mamllib.algorithms.imaml import (
     imaml_objective,
     proximal_loss_of,
 )
-from mamllib.algorithms.maml_plus_plus import MAMLPlusPlusStep, msl_meta_loss_vmap
-from mamllib.algorithms.metasgd import lslr_lrs, meta_sgd_lrs, rate_at, split_lrs
+from mamllib.algorithms.maml_plus_plus import (
+    MAMLPlusPlusStep,
+    learned_rate_steps,
+    msl_meta_loss_vmap,
+)
+from mamllib.algorithms.metasgd import lslr_lrs, meta_sgd_lrs
 from mamllib.algorithms.pretrained_classifier import (
     classifier_objective,
     few_shot_logits,
@@ -78,7 +82,7 @@ from mamllib.outer_steps import AdamStep, OuterStep, meta_objective
 from mamllib.progress import progress_enabled
 from mamllib.runs import RunFolder, read_json, write_json
 from mamllib.tasks import SinusoidTasks, TaskBatch, make_generator
-from mamllib.train import fit
+from mamllib.train import checkpoint_iteration, fit
 
 SETTINGS = (
     "sinusoid-5shot",
@@ -492,12 +496,12 @@ def train_one(
     time_limit_s: float | None = None,
 ) -> dict[str, Any]:
     """Train ``algorithm`` on ``config``'s setting from ``seed`` (resuming from
-    ``run``'s checkpoint). A run that diverges is recorded, not raised: the last
-    finite parameters are kept and the record says at which iteration it stopped.
+    ``run``'s checkpoint). A run that diverges is recorded, not raised: the record
+    says what diverged and the iteration of the last checkpoint, which is kept.
 
     Returns:
         ``{"params", "iterations", "wall_time_s", "diverged"}`` (``diverged``: the
-        message, or None).
+        message, or None; a diverged run's ``params`` are None).
     """
     n_classes = _n_classes(config, algorithm, data)
     step = training_step(config, algorithm, n_classes)
@@ -524,10 +528,10 @@ def train_one(
             time_limit_s=time_limit_s,
         )
     except FloatingPointError as exc:
-        kept = _checkpoint_state(checkpoint)
+        kept = checkpoint is not None and checkpoint.exists()
         return {
-            "params": kept[0] if kept else None,
-            "iterations": kept[1] if kept else 0,
+            "params": None,  # a diverged run has no row of its own: not scored
+            "iterations": checkpoint_iteration(checkpoint) if kept else 0,
             "wall_time_s": None,
             # what diverged and when; not where the checkpoint lies on this machine
             "diverged": str(exc).split(";")[0],
@@ -540,23 +544,7 @@ def train_one(
     }
 
 
-def _checkpoint_state(path: Path | None) -> tuple[Params, int] | None:
-    if path is None or not Path(path).exists():
-        return None
-    state = torch.load(path, weights_only=False)
-    return state["params"], state["iteration"]
-
-
 # Test-time adaptation -----------------------------------------------------------
-
-
-def _lr_adapt(model, params, xs, ys, loss_fn, n_steps):
-    """Inner steps with the learned rates of Meta-SGD / LSLR (test time: no graph)."""
-    weights, lrs = split_lrs(params)
-    for step in range(n_steps):
-        g = grad(lambda p: task_loss(model, p, xs, ys, loss_fn))(weights)
-        weights = {k: weights[k] - rate_at(lrs[k], step) * g[k] for k in weights}
-    return weights
 
 
 def adapted_predictions(
@@ -618,10 +606,9 @@ def adapted_predictions(
                 adapt_body=True,
                 first_order=True,
             )
-        if algorithm == "metasgd":
-            return _lr_adapt(model, params, xs, ys, loss_fn, config["n_inner_steps"])
-        if algorithm == "mamlpp":
-            return _lr_adapt(model, params, xs, ys, loss_fn, own["n_inner_steps"])
+        if algorithm in ("metasgd", "mamlpp"):  # their trained steps, learned rates
+            steps = own.get("n_inner_steps", config["n_inner_steps"])
+            return learned_rate_steps(model, params, xs, ys, loss_fn, alpha, steps)[-1]
         if algorithm == "imaml":
             proximal = proximal_loss_of(model, params, xs, ys, loss_fn, own["lam"])
             if own["curvature_solver"]:
@@ -635,7 +622,7 @@ def adapted_predictions(
     return vmap(one_task)(tasks.x_support, tasks.y_support, tasks.x_query)
 
 
-def test_tasks(config: dict[str, Any], data: dict[str, Any]) -> TaskBatch:
+def fixed_test_tasks(config: dict[str, Any], data: dict[str, Any]) -> TaskBatch:
     """The setting's fixed test tasks (the evaluation seed: every algorithm and seed
     meets the same ones): 600 sinusoids with 100 query points each, or Omniglot
     episodes over the 423 test characters with one query image per class."""
@@ -734,7 +721,7 @@ def run_one(
             config,
             algorithm,
             trained["params"],
-            test_tasks(config, data),
+            fixed_test_tasks(config, data),
             _n_classes(config, algorithm, data),
         )
         record.update(mean_ci(scores["per_task"]), finetune_lr=scores["finetune_lr"])
@@ -864,10 +851,13 @@ def measure_cost(
     }
 
 
+def _preset_folder(preset: str) -> Path:
+    """``results/comparison/<preset>/``: a folder per seed, and the cost records."""
+    return RunFolder("comparison", preset, 0, create=False).path.parent
+
+
 def cost_path(preset: str, setting: str, algorithm: str) -> Path:
-    return RunFolder("comparison", preset, 0, create=False).path.parent / (
-        f"cost-{setting}-{algorithm}.json"
-    )
+    return _preset_folder(preset) / f"cost-{setting}-{algorithm}.json"
 
 
 def cost_of(setting: str, algorithm: str, preset: str) -> dict[str, float]:
@@ -902,7 +892,7 @@ def summarize(preset: str) -> dict[str, Any]:
     across seeds, and each seed's own 95% interval over test tasks), how far each
     seed trained, and the cost."""
     rows: dict[str, dict[str, Any]] = {}
-    base = RunFolder("comparison", preset, 0, create=False).path.parent
+    base = _preset_folder(preset)
     for setting in SETTINGS:
         config = setting_config(setting, preset)
         for algorithm in ALGORITHMS:
@@ -987,7 +977,6 @@ def write_artifact(
             "algorithm_settings": ALGORITHM_SETTINGS,
         },
     )
-    torch.set_num_threads(1)  # the cost records were measured on one thread
     write_manifest(
         target,
         command=command,
