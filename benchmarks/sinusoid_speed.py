@@ -9,12 +9,13 @@ Setting: the paper's sinusoid regression (§5.1) -- MLP 1-40-40-1 ReLU, meta-bat
 25 tasks, K=10 support and 10 query points, inner SGD step size 0.01, MSE loss,
 Adam (lr 1e-3) as the outer optimiser.
 
-One meta-iteration = the meta-gradient over the meta-batch plus one Adam step. Timed,
-second and first order each:
+One meta-iteration = the meta-gradient over the meta-batch plus one Adam step
+(``foreach`` for both libraries), for mamllib the step training takes
+(:class:`mamllib.outer_steps.AdamStep`). Timed, second and first order each:
 
-* mamllib ``meta_gradient(..., strategy="loop")`` (per-task loop, ``torch.autograd``);
-* mamllib ``meta_gradient(..., strategy="vmap")`` (``torch.func.grad`` + ``vmap``);
-* mamllib ``meta_gradient(..., strategy="compiled")`` (the vmap path and its
+* mamllib ``strategy="loop"`` (per-task loop, ``torch.autograd``);
+* mamllib ``strategy="vmap"`` (``torch.func.grad`` + ``vmap``);
+* mamllib ``strategy="compiled"`` (the vmap path and its
   gradient under ``torch.compile``, :mod:`mamllib.fast.compiled`); its compile is
   paid in the warm-up;
 * ``higher`` (optional): ``innerloop_ctx(model, SGD, copy_initial_weights=False)`` on
@@ -62,6 +63,7 @@ from torch import nn
 from mamllib.fast.compiled import compile_cache_dir
 from mamllib.maml import meta_gradient, mse_loss
 from mamllib.models import MLP, detach_params, init_params
+from mamllib.outer_steps import AdamStep, meta_objective
 from mamllib.tasks import SinusoidTasks, TaskBatch, make_generator
 
 try:
@@ -77,25 +79,18 @@ STRATEGIES = ("loop", "vmap", "compiled")
 
 
 def mamllib_step(strategy, first_order, n_inner_steps, params):
-    """A meta-iteration with mamllib: ``step(tasks)`` = meta-gradient + Adam step."""
+    """A meta-iteration as training takes it (:class:`mamllib.outer_steps.AdamStep`
+    on the meta-objective): ``step(tasks)`` = meta-gradient + Adam step."""
     model = MLP(SIZES)
     params = detach_params(params)
-    opt = torch.optim.Adam(params.values(), lr=OUTER_LR)
+    adam_step = AdamStep(
+        meta_objective(model, mse_loss, INNER_LR, n_inner_steps, first_order, strategy),
+        params,
+        OUTER_LR,
+    )
 
     def step(tasks: TaskBatch) -> None:
-        _, grads = meta_gradient(
-            model,
-            params,
-            tasks,
-            mse_loss,
-            INNER_LR,
-            n_inner_steps,
-            first_order,
-            strategy=strategy,
-        )
-        for k, p in params.items():
-            p.grad = grads[k]
-        opt.step()
+        adam_step(params, tasks, 1.0)
 
     return step
 
@@ -131,7 +126,7 @@ def higher_meta_gradient(model, tasks, first_order, n_inner_steps) -> None:
 def higher_step(first_order, n_inner_steps, params):
     """A meta-iteration with higher: meta-gradient + Adam step."""
     model = higher_model(params)
-    opt = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
+    opt = torch.optim.Adam(model.parameters(), lr=OUTER_LR, foreach=True)  # as ours
 
     def step(tasks: TaskBatch) -> None:
         opt.zero_grad()

@@ -89,7 +89,9 @@ class AdamStep(OuterStep):
         clip_grad: float | None = None,
     ):
         self.objective, self.clip_grad = objective, clip_grad
-        self.optimizer = torch.optim.Adam(params.values(), lr=outer_lr)
+        # foreach: one kernel per operation for all tensors, where the default on a
+        # CPU loops over them (the same numbers, bit for bit).
+        self.optimizer = torch.optim.Adam(params.values(), lr=outer_lr, foreach=True)
 
     def __call__(self, params, batch, fraction):
         loss = self.objective(params, batch)

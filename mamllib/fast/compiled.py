@@ -135,6 +135,14 @@ def compiled_loss_and_grads(
             _loss_and_grads(model, loss_fn, inner_lr, n_inner_steps, first_order),
             fullgraph=True,  # one graph or an error, never a slow half-eager path
             dynamic=False,  # static shapes: each new shape is compiled anew
+            options={
+                # Inductor's own C++ GEMMs, timed against MKL's at compile time: the
+                # meta-batch's small batched products are faster in them.
+                "max_autotune": True,
+                # The kernels called from C++, not Python: at these sizes the calls
+                # cost as much as the kernels.
+                "cpp_wrapper": True,
+            },
         )
     return _COMPILED[key]
 
