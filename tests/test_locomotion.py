@@ -103,6 +103,27 @@ def test_ant_terminates_outside_the_height_range_and_freezes():
     assert not done[0, 1]
 
 
+def test_ended_episodes_are_not_simulated_and_the_others_step_as_in_one_batch():
+    """The step simulates only the running episodes: each one's state is the one a
+    rollout of the whole batch gives it, bit for bit, and ended ones stay frozen."""
+    from mujoco import rollout
+
+    g = torch.Generator().manual_seed(0)
+    env = Locomotion("ant", "direction", torch.tensor([1.0, -1.0]), 4, g)
+    env.reset()
+    env.qpos[[1, 6], 2] = 0.1  # two ants below the height range: they end now
+    for _ in range(4):
+        action = torch.randn(2, 4, env.act_dim, generator=g)
+        before, alive = env.state.copy(), env.alive.reshape(-1).numpy().copy()
+        control = action.clamp(-1, 1).reshape(8, 1, -1).double().numpy()
+        repeated = np.repeat(control, env.spec.frame_skip, axis=1)
+        whole, _ = rollout.rollout(env.model, env.datas[0], before, repeated)
+        env.step(action)
+        np.testing.assert_array_equal(env.state[alive], whole[alive, -1])
+        np.testing.assert_array_equal(env.state[~alive], before[~alive])
+    assert env.alive.reshape(-1).tolist() == [True, False] + [True] * 4 + [False, True]
+
+
 def test_goals_reset_noise_and_reproducibility():
     g = torch.Generator().manual_seed(0)
     velocity = sample_goals("half_cheetah", "velocity", 5000, g)

@@ -296,6 +296,20 @@ class Locomotion:
         self.alive = torch.ones(self.shape, dtype=torch.bool)
         return self.observe()
 
+    def _simulate(self, state: np.ndarray, control: np.ndarray) -> np.ndarray:
+        """The states after one control step (``frame_skip`` MuJoCo steps) from
+        ``state`` ``[n, state_size]`` under ``control`` ``[n, 1, act_dim]``."""
+        from mujoco import rollout
+
+        states, _ = rollout.rollout(
+            self.model,
+            self.datas if self._pool else self.datas[0],
+            state,
+            np.repeat(control, self.spec.frame_skip, axis=1),
+            persistent_pool=self._pool,
+        )
+        return states[:, -1]
+
     def step(
         self, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -304,20 +318,17 @@ class Locomotion:
         Returns ``(observation, reward, done)`` as :class:`Navigation2D`: the reward of
         an episode that had already ended is 0 and its state stays frozen.
         """
-        from mujoco import rollout
-
         clipped = action.detach().clamp(-1.0, 1.0)
         control = clipped.reshape(self.n, 1, self.act_dim).double().numpy()
         x_before = self.qpos[:, 0].copy()
-        states, _ = rollout.rollout(
-            self.model,
-            self.datas if self._pool else self.datas[0],
-            self.state,
-            np.repeat(control, self.spec.frame_skip, axis=1),
-            persistent_pool=self._pool,
-        )
+        # Only the episodes still running are simulated (an ant that fell costs
+        # nothing more); each rollout starts from its own state with a zero warm
+        # start, so leaving the others out changes no number.
         alive = self.alive.reshape(-1).numpy()
-        self.state[alive] = states[alive, -1]
+        if alive.all():
+            self.state[:] = self._simulate(self.state, control)
+        elif alive.any():
+            self.state[alive] = self._simulate(self.state[alive], control[alive])
         velocity = torch.from_numpy((self.qpos[:, 0] - x_before) / self.dt)
         velocity = velocity.float().reshape(self.shape)
         if self.task == "velocity":
