@@ -322,8 +322,8 @@ class Locomotion:
         control = clipped.reshape(self.n, 1, self.act_dim).double().numpy()
         x_before = self.qpos[:, 0].copy()
         # Only the episodes still running are simulated (an ant that fell costs
-        # nothing more); each rollout starts from its own state with a zero warm
-        # start, so leaving the others out changes no number.
+        # nothing more). Each episode's rollout depends on its own state alone, so
+        # leaving the others out changes no number (tests/test_locomotion.py).
         alive = self.alive.reshape(-1).numpy()
         if alive.all():
             self.state[:] = self._simulate(self.state, control)
